@@ -1,0 +1,60 @@
+"""Building storage keys: a namespace, a pattern kind, a validated name and a hashed user part.
+
+Every key the library stores has the form ``<namespace>:<kind>:{<name>:<digest>}`` (or
+``<namespace>:<kind>:{<name>}`` for per-name state such as a breaker). The part in braces is the
+Redis Cluster hash tag: all keys of one decision land in one slot, while different user keys spread
+over the cluster. User-supplied parts (merchant ids, card fingerprints, idempotency keys, IPs) are
+never stored as given: they are hashed with BLAKE2b to 32 hex characters, so a key is bounded,
+carries no personal data, and no input (braces, ``*``, ``:``, newlines, megabytes of text) can reach
+another tenant's key or slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from functools import lru_cache
+
+from .errors import ConfigurationError
+
+__all__ = ["DEFAULT_NAMESPACE", "digest", "name_key", "user_key", "validate_name"]
+
+DEFAULT_NAMESPACE = "fr"
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+MAX_USER_KEY_BYTES = 65_536
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Return ``name`` if it is 1-64 characters of ``A-Z a-z 0-9 _ . -``, else raise."""
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise ConfigurationError(
+            f"{what} must be 1-64 characters of letters, digits, '_', '.' or '-'; got {name!r}"
+        )
+    return name
+
+
+def digest(value: str | bytes | int) -> str:
+    """BLAKE2b-128 hex digest of a user-supplied key part (validated: non-empty, bounded)."""
+    if isinstance(value, bool) or not isinstance(value, str | bytes | int):
+        raise ConfigurationError(
+            f"a key must be a str, bytes or int; got {type(value).__name__}"
+        )
+    raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
+    if not raw:
+        raise ConfigurationError("a key must not be empty; pass a merchant id, user id, IP, ...")
+    if len(raw) > MAX_USER_KEY_BYTES:
+        raise ConfigurationError(
+            f"a key must be at most {MAX_USER_KEY_BYTES} bytes; got {len(raw)} bytes"
+        )
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+@lru_cache(maxsize=8192)
+def user_key(namespace: str, kind: str, name: str, value: str | bytes | int) -> str:
+    """The storage key for one user-supplied key under a pattern instance (cached)."""
+    return f"{namespace}:{kind}:{{{name}:{digest(value)}}}"
+
+
+def name_key(namespace: str, kind: str, name: str) -> str:
+    """The storage key for per-name state (a breaker, a retry budget)."""
+    return f"{namespace}:{kind}:{{{name}}}"

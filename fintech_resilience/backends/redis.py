@@ -1,0 +1,325 @@
+"""The shared backend: Redis standalone, Sentinel or Cluster, one round trip per decision.
+
+Each operation is a Lua script from ``backends/lua/``, run with EVALSHA (reloaded with EVAL on
+NOSCRIPT, as after a restart, a failover or ``SCRIPT FLUSH``). One object serves sync callers
+(``run``) and asyncio callers (``arun``); asyncio decisions issued concurrently on one event loop
+share a pipeline, so 50 tasks cost one round trip instead of 50, while each decision stays its own
+atomic script.
+
+A small health breaker sits in front of Redis: after ``failure_threshold`` consecutive failures it
+stops calling Redis for ``cooldown`` seconds and fails immediately with
+:class:`~fintech_resilience.BackendUnavailable` (patterns then apply ``on_backend_error``), then
+lets one probe through. A dead Redis therefore costs at most one ``timeout`` per cooldown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any
+
+import redis.exceptions as rex
+
+from ..errors import BackendUnavailable, ConfigurationError
+from ._redis_clients import ClientFactory, factory_from_client, factory_from_url
+from .base import Arg, Backend
+
+__all__ = ["HealthBreaker", "RedisBackend"]
+
+_SCRIPTS: dict[str, tuple[str, bytes]] = {}
+_SCRIPTS_LOCK = threading.Lock()
+
+
+def script(name: str) -> tuple[str, bytes]:
+    """The SHA1 and source of ``backends/lua/<name>.lua`` (loaded once per process)."""
+    try:
+        return _SCRIPTS[name]
+    except KeyError:
+        pass
+    with _SCRIPTS_LOCK:
+        try:
+            source = resources.files(__package__).joinpath("lua", f"{name}.lua").read_bytes()
+        except FileNotFoundError:
+            raise ConfigurationError(f"unknown backend operation {name!r}") from None
+        _SCRIPTS[name] = (hashlib.sha1(source, usedforsecurity=False).hexdigest(), source)
+    return _SCRIPTS[name]
+
+
+class HealthBreaker:
+    """Stops calling a failing Redis for a cool-down; then lets a single probe through."""
+
+    __slots__ = ("_failures", "_lock", "_open_until", "_probe_until", "clock", "cooldown",
+                 "probe_timeout", "threshold")
+
+    def __init__(self, threshold: int, cooldown: float, probe_timeout: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.probe_timeout = probe_timeout
+        self.clock = clock
+        self._failures = 0
+        self._open_until = 0.0
+        self._probe_until = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._failures >= self.threshold
+
+    def before_call(self) -> None:
+        """Raise BackendUnavailable while cooling down or while another call probes."""
+        if self._failures < self.threshold:
+            return
+        now = self.clock()
+        with self._lock:
+            if now < self._open_until:
+                raise BackendUnavailable(
+                    f"Redis failed {self._failures} times in a row; cooling down for"
+                    f" {self._open_until - now:.2f}s"
+                )
+            if now < self._probe_until:
+                raise BackendUnavailable("Redis is being probed after a failure; not calling it")
+            self._probe_until = now + self.probe_timeout
+
+    def success(self) -> None:
+        if self._failures:
+            with self._lock:
+                self._failures = 0
+                self._probe_until = 0.0
+
+    def failure(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._failures >= self.threshold:
+                self._open_until = self.clock() + self.cooldown
+                self._probe_until = 0.0
+
+
+def _unavailable(exc: BaseException) -> BackendUnavailable:
+    return BackendUnavailable(f"Redis: {type(exc).__name__}: {exc}")
+
+
+class _Batch:
+    """Concurrent asyncio decisions on one loop, sent together in one pipeline."""
+
+    __slots__ = ("client", "lock", "pending", "ready", "scheduled")
+
+    def __init__(self, client: Any, ready: bool) -> None:
+        self.client = client
+        self.pending: list[tuple[str, Sequence[str], Sequence[Arg], asyncio.Future[Any]]] = []
+        self.scheduled = False
+        # redis-py's asyncio cluster client must discover the slots once before concurrent use,
+        # or concurrent first calls race its initialisation and fail
+        self.ready = ready
+        self.lock = asyncio.Lock()
+
+
+class RedisBackend(Backend):
+    """State shared by every worker and host through Redis.
+
+    :param client: an existing ``redis.Redis`` / ``redis.cluster.RedisCluster`` (or an asyncio
+        twin). Prefer :meth:`from_url`, which sets safe timeouts and disables redis-py's retries.
+    :param async_client: the asyncio client, where it cannot be derived from ``client``.
+    :param failure_threshold: consecutive failures that open the health breaker.
+    :param cooldown: seconds the health breaker stays open before one probe.
+    :param pipeline: share one pipeline between concurrent asyncio decisions (default True;
+        standalone and Sentinel only - on Cluster each decision is its own EVALSHA).
+    """
+
+    kind = "redis"
+
+    def __init__(self, client: Any = None, *, async_client: Any = None, failure_threshold: int = 3,
+                 cooldown: float = 1.0, probe_timeout: float = 1.0, pipeline: bool = True,
+                 _factory: ClientFactory | None = None) -> None:
+        if _factory is None:
+            if client is None and async_client is None:
+                raise ConfigurationError(
+                    "RedisBackend needs a client; use RedisBackend.from_url('redis://host:6379/0')"
+                )
+            _factory = factory_from_client(client, async_client)
+        if failure_threshold < 1 or cooldown < 0:
+            raise ConfigurationError("failure_threshold must be >= 1 and cooldown >= 0")
+        self._factory = _factory
+        self.topology = _factory.topology
+        self.health = HealthBreaker(failure_threshold, cooldown, probe_timeout)
+        self.pipeline = pipeline
+        self._sync: Any = None
+        self._sync_lock = threading.Lock()
+        self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 0.05, connect_timeout: float | None = None,
+                 failure_threshold: int = 3, cooldown: float = 1.0, pipeline: bool = True,
+                 **client_options: Any) -> RedisBackend:
+        """Connect to ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://host:port/
+        service/db`` or ``redis+cluster://host:port,host:port``.
+
+        :param timeout: socket timeout of every Redis call, in seconds (default 50 ms).
+        :param connect_timeout: connect timeout, in seconds (default: ``timeout``).
+        """
+        if timeout <= 0:
+            raise ConfigurationError(f"timeout must be > 0 seconds; got {timeout!r}")
+        factory = factory_from_url(url, timeout, connect_timeout or timeout, **client_options)
+        return cls(failure_threshold=failure_threshold, cooldown=cooldown,
+                   probe_timeout=max(timeout * 4, 0.2), pipeline=pipeline, _factory=factory)
+
+    # -- clients ---------------------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        """The sync redis-py client (created on first use)."""
+        if self._sync is None:
+            if self._factory.sync is None:
+                raise ConfigurationError("this RedisBackend has no sync client; pass client=...")
+            with self._sync_lock:
+                if self._sync is None:
+                    self._sync = self._factory.sync()
+        return self._sync
+
+    def _batch(self) -> _Batch:
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(loop)
+        if batch is None:
+            if self._factory.asyncio is None:
+                raise ConfigurationError(
+                    "this RedisBackend has no asyncio client; pass async_client=..."
+                )
+            batch = self._batches[loop] = _Batch(self._factory.asyncio(),
+                                                 ready=self.topology != "cluster")
+        return batch
+
+    async def _ready_batch(self) -> _Batch:
+        batch = self._batch()
+        if not batch.ready:
+            async with batch.lock:
+                if not batch.ready:
+                    try:
+                        await batch.client.initialize()
+                    except (rex.RedisError, OSError) as exc:
+                        self.health.failure()
+                        raise _unavailable(exc) from exc
+                    batch.ready = True
+        return batch
+
+    def async_client(self) -> Any:
+        """The asyncio redis-py client of the running event loop."""
+        return self._batch().client
+
+    # -- operations ------------------------------------------------------------------------------
+    def run(self, script_name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        sha, source = script(script_name)
+        self.health.before_call()
+        client = self.client
+        try:
+            try:
+                result = client.evalsha(sha, len(keys), *keys, *args)
+            except rex.NoScriptError:
+                result = client.eval(source, len(keys), *keys, *args)
+        except rex.RedisError as exc:
+            self.health.failure()
+            raise _unavailable(exc) from exc
+        except OSError as exc:  # raw socket errors that redis-py did not wrap
+            self.health.failure()
+            raise _unavailable(exc) from exc
+        self.health.success()
+        return result
+
+    async def arun(self, script_name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        script(script_name)  # unknown names fail here, before anything is queued
+        self.health.before_call()
+        batch = await self._ready_batch()
+        if not self.pipeline or self.topology == "cluster":
+            # redis-py's cluster pipeline refuses EVALSHA: concurrent calls use the per-node
+            # connection pools instead
+            return await self._run_one(batch.client, script_name, keys, args)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        batch.pending.append((script_name, keys, args, future))
+        if not batch.scheduled:
+            batch.scheduled = True
+            asyncio.get_running_loop().create_task(self._flush(batch))
+        return await future
+
+    async def _run_one(self, client: Any, script_name: str, keys: Sequence[str],
+                       args: Sequence[Arg]) -> Any:
+        sha, source = script(script_name)
+        try:
+            try:
+                result = await client.evalsha(sha, len(keys), *keys, *args)
+            except rex.NoScriptError:
+                result = await client.eval(source, len(keys), *keys, *args)
+        except (rex.RedisError, OSError) as exc:
+            self.health.failure()
+            raise _unavailable(exc) from exc
+        self.health.success()
+        return result
+
+    async def _flush(self, batch: _Batch) -> None:
+        pending, batch.pending, batch.scheduled = batch.pending, [], False
+        if len(pending) == 1:
+            name, keys, args, future = pending[0]
+            try:
+                result = await self._run_one(batch.client, name, keys, args)
+            except BaseException as exc:  # delivered to the waiting caller
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(result)
+            return
+        try:
+            pipe = batch.client.pipeline(transaction=False)
+            for name, keys, args, _ in pending:
+                pipe.evalsha(script(name)[0], len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        except (rex.RedisError, OSError) as exc:
+            self.health.failure()
+            error = _unavailable(exc)
+            error.__cause__ = exc
+            for *_, future in pending:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        except BaseException as exc:
+            for *_, future in pending:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+        self.health.success()
+        for (name, keys, args, future), result in zip(pending, results, strict=True):
+            if isinstance(result, rex.NoScriptError):
+                try:
+                    result = await self._run_one(batch.client, name, keys, args)
+                except BackendUnavailable as exc:
+                    result = exc
+            elif isinstance(result, rex.RedisError):
+                error = _unavailable(result)
+                error.__cause__ = result
+                result = error
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch = self._batches.pop(loop, None)
+        if batch is not None:
+            await batch.client.aclose()
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RedisBackend(topology={self.topology!r})"

@@ -1,0 +1,44 @@
+"""Helpers for tests: a manual clock and a test mode that turns waits off.
+
+>>> from fintech_resilience.testing import ManualClock, test_mode
+>>> clock = ManualClock()
+>>> with test_mode():
+...     pass  # retries inside this block do not sleep
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+from ._clock import ManualClock
+
+__all__ = ["ManualClock", "is_test_mode", "set_test_mode", "test_mode"]
+
+_state = threading.local()
+_global = {"on": False}
+
+
+def set_test_mode(on: bool = True) -> None:
+    """Turn test mode on or off for the whole process: retry waits and backoffs become zero."""
+    _global["on"] = bool(on)
+
+
+def is_test_mode() -> bool:
+    """True while test mode is on (process-wide or inside :func:`test_mode` in this thread)."""
+    return _global["on"] or getattr(_state, "on", False)
+
+
+@contextlib.contextmanager
+def test_mode(on: bool = True) -> Iterator[None]:  # noqa: PT028 - not a test
+    """Turn test mode on for the block (this thread), then restore the previous value."""
+    previous = getattr(_state, "on", False)
+    _state.on = on
+    try:
+        yield
+    finally:
+        _state.on = previous
+
+
+test_mode.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
