@@ -13,6 +13,8 @@ decision. The tree::
     ├── RetryBudgetExhausted        a retry was refused by the dependency's retry budget
     ├── RetryError                  every allowed attempt failed (wraps the last outcome)
     ├── Timeout                     an operation ran past its timeout (also a builtins.TimeoutError)
+    ├── DecryptionError             a stored record could not be decrypted (wrong key, tampering)
+    ├── ResidencyViolation          a write would cross the data-residency region of a principal
     └── IdempotencyError
         ├── IdempotencyKeyInvalid       a missing, empty, too long or non-printable key
         ├── IdempotencyInProgress       the first request with this key is still running
@@ -37,12 +39,14 @@ __all__ = [
     "CircuitOpen",
     "ConcurrencyLimited",
     "ConfigurationError",
+    "DecryptionError",
     "IdempotencyError",
     "IdempotencyInProgress",
     "IdempotencyKeyInvalid",
     "IdempotencyKeyMismatch",
     "IdempotencyOutcomeUnknown",
     "RateLimited",
+    "ResidencyViolation",
     "ResilienceError",
     "RetryBudgetExhausted",
     "RetryError",
@@ -128,6 +132,14 @@ class RetryError(ResilienceError):
 
 class Timeout(ResilienceError, TimeoutError):
     """An operation ran past its timeout."""
+
+
+class DecryptionError(ResilienceError, ValueError):
+    """A stored record could not be decrypted: unknown key id, wrong key or tampered data."""
+
+
+class ResidencyViolation(ResilienceError):
+    """An operation for a principal of one region would read or write another region's store."""
 
 
 class IdempotencyError(ResilienceError):

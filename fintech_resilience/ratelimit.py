@@ -63,7 +63,9 @@ class Rate:
 
 def parse_limits(spec: str | Sequence[str]) -> tuple[Rate, ...]:
     """Parse ``"10/second; 1000/day"`` (``limits`` notation) into rates, shortest period first."""
-    texts = [spec] if isinstance(spec, str) else list(spec)
+    texts = [spec] if isinstance(spec, str) else (
+        list(spec) if isinstance(spec, list | tuple) else []
+    )
     if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
         raise ConfigurationError(
             f"a rate limit is a string such as '10/second' or '10/second; 1000/day'; got {spec!r}"

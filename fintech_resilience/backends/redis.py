@@ -107,9 +107,9 @@ def _unavailable(exc: BaseException) -> BackendUnavailable:
 class _Batch:
     """Concurrent asyncio decisions on one loop, sent together in one pipeline."""
 
-    __slots__ = ("client", "lock", "pending", "ready", "scheduled")
+    __slots__ = ("client", "in_flight", "lock", "pending", "ready", "scheduled")
 
-    def __init__(self, client: Any, ready: bool) -> None:
+    def __init__(self, client: Any, ready: bool, max_in_flight: int) -> None:
         self.client = client
         self.pending: list[tuple[str, Sequence[str], Sequence[Arg], asyncio.Future[Any]]] = []
         self.scheduled = False
@@ -117,6 +117,9 @@ class _Batch:
         # or concurrent first calls race its initialisation and fail
         self.ready = ready
         self.lock = asyncio.Lock()
+        # calls that cannot share a pipeline (Cluster) queue here instead of exhausting the
+        # client's connection pool
+        self.in_flight = asyncio.Semaphore(max_in_flight)
 
 
 class RedisBackend(Backend):
@@ -129,25 +132,30 @@ class RedisBackend(Backend):
     :param cooldown: seconds the health breaker stays open before one probe.
     :param pipeline: share one pipeline between concurrent asyncio decisions (default True;
         standalone and Sentinel only - on Cluster each decision is its own EVALSHA).
+    :param max_in_flight: asyncio calls that are not pipelined wait beyond this many in flight
+        per event loop (keeps redis-py's connection pool from overflowing).
     """
 
     kind = "redis"
 
     def __init__(self, client: Any = None, *, async_client: Any = None, failure_threshold: int = 3,
                  cooldown: float = 1.0, probe_timeout: float = 1.0, pipeline: bool = True,
-                 _factory: ClientFactory | None = None) -> None:
+                 max_in_flight: int = 64, _factory: ClientFactory | None = None) -> None:
         if _factory is None:
             if client is None and async_client is None:
                 raise ConfigurationError(
                     "RedisBackend needs a client; use RedisBackend.from_url('redis://host:6379/0')"
                 )
             _factory = factory_from_client(client, async_client)
-        if failure_threshold < 1 or cooldown < 0:
-            raise ConfigurationError("failure_threshold must be >= 1 and cooldown >= 0")
+        if failure_threshold < 1 or cooldown < 0 or max_in_flight < 1:
+            raise ConfigurationError(
+                "failure_threshold and max_in_flight must be >= 1 and cooldown >= 0"
+            )
         self._factory = _factory
         self.topology = _factory.topology
         self.health = HealthBreaker(failure_threshold, cooldown, probe_timeout)
         self.pipeline = pipeline
+        self.max_in_flight = max_in_flight
         self._sync: Any = None
         self._sync_lock = threading.Lock()
         self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = (
@@ -191,7 +199,8 @@ class RedisBackend(Backend):
                     "this RedisBackend has no asyncio client; pass async_client=..."
                 )
             batch = self._batches[loop] = _Batch(self._factory.asyncio(),
-                                                 ready=self.topology != "cluster")
+                                                 ready=self.topology != "cluster",
+                                                 max_in_flight=self.max_in_flight)
         return batch
 
     async def _ready_batch(self) -> _Batch:
@@ -237,7 +246,8 @@ class RedisBackend(Backend):
         if not self.pipeline or self.topology == "cluster":
             # redis-py's cluster pipeline refuses EVALSHA: concurrent calls use the per-node
             # connection pools instead
-            return await self._run_one(batch.client, script_name, keys, args)
+            async with batch.in_flight:
+                return await self._run_one(batch.client, script_name, keys, args)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         batch.pending.append((script_name, keys, args, future))
         if not batch.scheduled:

@@ -7,6 +7,6 @@ if now == 0 then
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local released = redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.17g', now))
+local released = redis.call('ZREM', KEYS[1], ARGV[2])
 return {released, redis.call('ZCARD', KEYS[1])}

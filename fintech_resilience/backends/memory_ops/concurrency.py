@@ -32,16 +32,13 @@ def acquire(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now: i
         leases[token] = now + lease
         store.set(keys[0], leases, math.ceil(lease / 1000) * 1000, now)
         return [1, len(leases), 0]
-    if not leases:
-        store.delete(keys[0])
     return [0, len(leases), math.ceil(min(leases.values()) - now)]
 
 
 @memory_op("concurrency_release")
 def release(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now: int) -> list[int]:
-    leases = store.get(keys[0], now) or {}
-    released = 1 if leases.pop(_token(args[1]), None) is not None else 0
     leases = _live(store, keys[0], now)
+    released = 1 if leases.pop(_token(args[1]), None) is not None else 0
     if not leases:
         store.delete(keys[0])
     return [released, len(leases)]

@@ -1,0 +1,88 @@
+"""Pure ASGI rate-limit middleware (never Starlette's ``BaseHTTPMiddleware``).
+
+Re-exported as :class:`fintech_resilience.asgi.RateLimitMiddleware`. One backend call per rule,
+the response fields computed from the decisions, ``send`` wrapped only to add fields to
+``http.response.start``; the app's own ``receive``/``send`` and context pass through untouched, so
+streaming responses, background tasks and contextvars work as without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from typing import Any
+
+from ._ratelimit_http import KeyFunc, RateLimitCore, Rule
+from .ratelimit import RateLimiter
+
+__all__ = ["RateLimitMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class RateLimitMiddleware:
+    """Rate-limits HTTP requests per route, method and principal; answers 429 problem+json.
+
+    >>> app.add_middleware(RateLimitMiddleware,                       # doctest: +SKIP
+    ...     limiter=fr.RateLimiter("100/minute", name="api", backend=red),
+    ...     key=fr.keys.principal_or_ip(trusted_proxies=["10.0.0.0/8"]))
+
+    :param limiter: a limiter applied to every request (optional when ``rules`` are given).
+    :param rules: :class:`~fintech_resilience._ratelimit_http.Rule` objects: a limiter per
+        method/path, each acquired in order; the first refusal answers and later rules are not
+        consumed (earlier ones are: put limits that must be all-or-nothing in one RateLimiter,
+        ``"10/second; 1000/day"``).
+    :param key: ``callable(scope) -> key | None``; default :func:`fintech_resilience.keys.
+        principal_or_ip` with no trusted proxies (the TCP peer). ``None`` means "not limited".
+    :param cost: units per request for ``limiter`` (an int or ``callable(scope) -> int``).
+    :param exempt_paths: path prefixes never limited (``["/healthz", "/metrics"]``).
+    :param exempt: ``callable(scope) -> bool``; true means not limited.
+    :param headers: send ``RateLimit``/``RateLimit-Policy`` (``Retry-After`` is always sent on 429).
+    :param headers_on_allowed: also on admitted responses (default True).
+    :param shadow: decide and record, but never refuse; no fields are added in shadow mode.
+
+    A refusal is ``429`` with an RFC 9457 body of type ``quota-exceeded``; when the backend is
+    down and the limiter's ``on_backend_error="deny"`` refused, ``503`` of type
+    ``temporary-reduced-capacity``. Non-HTTP scopes (websocket, lifespan) pass untouched.
+    """
+
+    __slots__ = ("app", "core")
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter | None = None, *,
+                 rules: Sequence[Rule] = (), key: KeyFunc | None = None,
+                 cost: int | Callable[[Any], int] = 1, exempt_paths: Iterable[str] = (),
+                 exempt: Callable[[Any], bool] | None = None, headers: bool = True,
+                 headers_on_allowed: bool = True, shadow: bool = False) -> None:
+        self.app = app
+        self.core = RateLimitCore(limiter, rules=rules, key=key, cost=cost,
+                                  exempt_paths=exempt_paths, exempt=exempt, headers=headers,
+                                  headers_on_allowed=headers_on_allowed, shadow=shadow)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        verdict = await self.core.acheck(scope["method"], scope["path"], scope)
+        if not verdict.allowed:
+            await send({"type": "http.response.start", "status": verdict.status,
+                        "headers": _encode(verdict.headers)})
+            await send({"type": "http.response.body", "body": verdict.body})
+            return
+        if not verdict.headers:
+            await self.app(scope, receive, send)
+            return
+        extra = _encode(verdict.headers)
+
+        async def send_with_fields(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_fields)
+
+
+def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]

@@ -1,0 +1,202 @@
+"""WSGI middleware (plain callable classes): the WSGI twins of :mod:`fintech_resilience.asgi`."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ._asgi_idempotency import DEFAULT_MAX_BODY, check_options
+from ._http import (
+    PROBLEM_BASE,
+    SAFE_REPLAY_HEADERS,
+    HttpAnswer,
+    claim_answer,
+    key_invalid_problem,
+    parse_idempotency_key,
+    safe_headers,
+    scope_missing_problem,
+    too_large_problem,
+    unavailable_problem,
+)
+from ._idempotency_record import StoredResponse, default_store_status
+from .errors import BackendUnavailable, IdempotencyKeyInvalid
+from .idempotency import Claim, IdempotencyStore
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["IdempotencyMiddleware"]
+
+logger = logging.getLogger("fintech_resilience")
+
+_STATUS_TEXT = {400: "Bad Request", 409: "Conflict", 413: "Content Too Large",
+                422: "Unprocessable Content", 500: "Internal Server Error",
+                503: "Service Unavailable"}
+
+
+def answer_wsgi(start_response: StartResponse, answer: HttpAnswer) -> list[bytes]:
+    """Start and return a complete :class:`~fintech_resilience._http.HttpAnswer`."""
+    text = _STATUS_TEXT.get(answer.status, "OK")
+    start_response(f"{answer.status} {text}", answer.wsgi_headers())
+    return [answer.body]
+
+
+class IdempotencyMiddleware:
+    """Executes each keyed request once; duplicates get the stored response.
+
+    The same options and answers as :class:`fintech_resilience.asgi.IdempotencyMiddleware`, with
+    ``scope=lambda environ: <principal>`` (e.g. ``environ["REMOTE_USER"]``).
+    """
+
+    def __init__(self, app: WSGIApplication, *, store: IdempotencyStore,
+                 scope: Callable[[WSGIEnvironment], Any] | None = None,
+                 global_scope: bool = False, methods: Iterable[str] = ("POST", "PATCH"),
+                 required: bool = False, header: str = "Idempotency-Key",
+                 max_body_bytes: int = DEFAULT_MAX_BODY,
+                 max_response_bytes: int = DEFAULT_MAX_BODY,
+                 store_status: Callable[[int], bool] = default_store_status,
+                 replay_headers: Iterable[str] = SAFE_REPLAY_HEADERS,
+                 problem_base: str = PROBLEM_BASE) -> None:
+        self.methods = check_options(store, scope, global_scope, methods, max_body_bytes,
+                                     max_response_bytes)
+        self.app = app
+        self.store = store
+        self.scope_of: Callable[[WSGIEnvironment], Any] = (
+            scope if scope is not None else (lambda _e: "*"))
+        self.required = bool(required)
+        self.environ_key = "HTTP_" + header.upper().replace("-", "_")
+        self.max_body_bytes = max_body_bytes
+        self.max_response_bytes = max_response_bytes
+        self.store_status = store_status
+        self.replay_headers = frozenset(h.lower() for h in replay_headers)
+        self.base = problem_base
+
+    def __call__(self, environ: WSGIEnvironment,
+                 start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        if method not in self.methods:
+            return self.app(environ, start_response)
+        raw = environ.get(self.environ_key)
+        try:
+            # PEP 3333 strings are latin-1 decoded bytes: parse them as such
+            key = parse_idempotency_key([] if raw is None else [raw])
+        except IdempotencyKeyInvalid as exc:
+            return answer_wsgi(start_response,
+                               key_invalid_problem(exc, missing=False, base=self.base))
+        if key is None:
+            if self.required:
+                return answer_wsgi(start_response, key_invalid_problem(
+                    IdempotencyKeyInvalid("missing"), missing=True, base=self.base))
+            return self.app(environ, start_response)
+        principal = self.scope_of(environ)
+        if principal is None or principal == "":
+            logger.error("IdempotencyMiddleware: the scope callable found no principal; install"
+                         " it inside the authentication middleware")
+            return answer_wsgi(start_response, scope_missing_problem(base=self.base))
+        body = self._read_body(environ)
+        if body is None:
+            return answer_wsgi(start_response, too_large_problem(self.max_body_bytes,
+                                                                 base=self.base))
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        store = self.store
+        record = store.record_key(key, scope=principal, method=method, route=path)
+        fingerprint = store.fingerprint(method, path,
+                                        environ.get("QUERY_STRING", "").encode("latin-1"), body)
+        try:
+            claim = store.claim(record, fingerprint)
+        except BackendUnavailable:
+            return answer_wsgi(start_response, unavailable_problem(
+                store.unavailable_retry_after, base=self.base))
+        answer = claim_answer(claim.outcome, retry_after=claim.retry_after,
+                              stored=claim.response, base=self.base)
+        if answer is not None:
+            return answer_wsgi(start_response, answer)
+        return self._execute(environ, start_response, claim)
+
+    def _read_body(self, environ: WSGIEnvironment) -> bytes | None:
+        """The whole body (and a rewound ``wsgi.input``), or None when above the bound."""
+        limit = self.max_body_bytes
+        stream = environ.get("wsgi.input")
+        length_text = environ.get("CONTENT_LENGTH") or ""
+        if length_text.isdigit():
+            length = int(length_text)
+            if length > limit:
+                return None
+            body = stream.read(length) if stream is not None and length else b""
+        elif stream is not None and environ.get("wsgi.input_terminated"):
+            body = stream.read(limit + 1)
+            if len(body) > limit:
+                return None
+        else:
+            body = b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        return body
+
+    def _execute(self, environ: WSGIEnvironment, start_response: StartResponse,
+                 claim: Claim) -> Iterable[bytes]:
+        store = self.store
+        started: list[Any] = []
+        chunks: list[bytes] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None
+                    ) -> Callable[[bytes], object]:
+            started[:] = [status, headers, exc_info]
+            return chunks.append
+
+        size = 0
+        rest: Iterator[bytes] | None = None
+        try:
+            with store.holding(claim):
+                result = self.app(environ, capture)
+                iterator = iter(result)
+                try:
+                    for chunk in iterator:
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        if size > self.max_response_bytes:
+                            rest = iterator
+                            break
+                finally:
+                    if rest is None and hasattr(result, "close"):
+                        result.close()
+        except BaseException:
+            store.release(claim)
+            raise
+        if not started:
+            store.release(claim)
+            raise RuntimeError("the WSGI application returned without calling start_response")
+        status_line, headers, _ = started
+        status = int(status_line.split(" ", 1)[0])
+        replayable = rest is None
+        data = b"".join(chunks)
+        if not self.store_status(status):
+            store.release(claim)
+        else:
+            stored_headers = safe_headers(headers, self.replay_headers)
+            store.complete(claim, StoredResponse("http", status, stored_headers,
+                                                 data if replayable else b"", replayable))
+        start_response(status_line, headers)
+        if rest is None:
+            return [data]
+        return _Streamed(data, rest, result)
+
+
+class _Streamed:
+    """The rest of a response too large to store, streamed after what was already read."""
+
+    def __init__(self, head: bytes, rest: Iterator[bytes], result: Iterable[bytes]) -> None:
+        self.head = head
+        self.rest = rest
+        self.result = result
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.head
+        yield from self.rest
+
+    def close(self) -> None:
+        close = getattr(self.result, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,24 @@
+-- Free a claimed record (the handler failed): compare-and-set on the owner token and a live
+-- lease. The fencing counter stays, so the next claim gets a higher fencing token.
+-- KEYS[1]  the record hash (see idempotency_claim.lua)
+-- ARGV     now_us (0 = TIME), owner token, force (1 = operator: free it whatever its state)
+-- Returns  {1, 0} released; {0, 1} not the owner; {0, 2} lease expired
+local now = tonumber(ARGV[1])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local key = KEYS[1]
+if ARGV[3] ~= '1' then
+  local r = redis.call('HMGET', key, 'st', 'own', 'lu')
+  if r[1] ~= 'p' or r[2] ~= ARGV[2] then
+    return {0, 1}
+  end
+  if tonumber(r[3]) <= now then
+    return {0, 2}
+  end
+elseif redis.call('HEXISTS', key, 'st') == 0 then
+  return {0, 1}
+end
+redis.call('HDEL', key, 'st', 'fp', 'own', 'lu', 'res', 'ca', 'co')
+return {1, 0}

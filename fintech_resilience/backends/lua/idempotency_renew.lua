@@ -1,0 +1,23 @@
+-- Extend the lease of a claimed record: compare-and-set on the owner token and a live lease.
+-- KEYS[1]  the record hash (see idempotency_claim.lua)
+-- ARGV     now_us (0 = TIME), owner token, lease_us
+-- Returns  {1, 0} renewed; {0, 1} not the owner; {0, 2} lease already expired
+local now = tonumber(ARGV[1])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local key = KEYS[1]
+local lease = tonumber(ARGV[3])
+local r = redis.call('HMGET', key, 'st', 'own', 'lu')
+if r[1] ~= 'p' or r[2] ~= ARGV[2] then
+  return {0, 1}
+end
+if tonumber(r[3]) <= now then
+  return {0, 2}
+end
+redis.call('HSET', key, 'lu', string.format('%.17g', now + lease))
+if redis.call('PTTL', key) < math.ceil(lease / 1000) then
+  redis.call('PEXPIRE', key, math.ceil(lease / 1000))
+end
+return {1, 0}

@@ -1,0 +1,262 @@
+"""Django edge: a rate-limit middleware configured from settings, and a DRF throttle class.
+
+Middleware (sync and async capable)::
+
+    MIDDLEWARE = [..., "django.contrib.auth.middleware.AuthenticationMiddleware",
+                  "fintech_resilience.django.RateLimitMiddleware", ...]
+    FINTECH_RESILIENCE = {
+        "BACKEND": "redis://redis:6379/0",        # or a Backend object; default: memory
+        "TRUSTED_PROXIES": ["10.0.0.0/8"],         # for the default key function
+        "RATE_LIMIT": {
+            "LIMITS": "100/minute",                # every request (optional when RULES given)
+            "RULES": [{"LIMITS": "5/second", "NAME": "payments", "PATH": "/payments",
+                       "METHODS": ["POST"]}],
+            "EXEMPT_PATHS": ["/healthz"],
+            "KEY": "myapp.keys.merchant",          # dotted path or callable(request); optional
+            "HEADERS": True, "HEADERS_ON_ALLOWED": True, "SHADOW": False,
+        },
+    }
+
+DRF, configured the DRF way::
+
+    REST_FRAMEWORK = {
+        "DEFAULT_THROTTLE_CLASSES": ["fintech_resilience.django.RateThrottle"],
+        "DEFAULT_THROTTLE_RATES": {"payments": "10/second", "default": "100/minute"},
+    }
+    class PaymentView(APIView):
+        throttle_scope = "payments"
+
+The key is the authenticated ``request.user`` (its ``pk``) first, else the client IP through
+``TRUSTED_PROXIES`` (see :mod:`fintech_resilience.keys`). DRF answers a throttled request with
+its own 429 and ``Retry-After``; the middleware answers with RFC 9457 problem+json and the IETF
+``RateLimit``/``RateLimit-Policy`` fields.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings  # type: ignore[import-untyped]
+from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped]
+from django.utils.module_loading import import_string  # type: ignore[import-untyped]
+from rest_framework.throttling import BaseThrottle  # type: ignore[import-untyped]
+
+from ._ratelimit_http import RateLimitCore, Rule, Verdict
+from .backends.base import Backend
+from .errors import ConfigurationError
+from .keys import ClientKey, principal_or_ip
+from .ratelimit import Decision, RateLimiter
+
+__all__ = ["RateLimitMiddleware", "RateThrottle", "drf_rate"]
+
+_lock = threading.Lock()
+_backends: dict[str, Backend] = {}
+_DRF_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
+_DRF_RATE = re.compile(r"^\s*(\d+)\s*/\s*([smhd])[a-z]*\s*$")
+
+
+def _config() -> Mapping[str, Any]:
+    value = getattr(settings, "FINTECH_RESILIENCE", {}) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError("settings.FINTECH_RESILIENCE must be a dict")
+    return value
+
+
+def _backend(config: Mapping[str, Any]) -> Backend | None:
+    value = config.get("BACKEND")
+    if value is None or isinstance(value, Backend):
+        return value
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            "FINTECH_RESILIENCE['BACKEND'] is a Redis URL ('redis://host:6379/0') or a Backend"
+        )
+    with _lock:  # one connection pool per URL, shared by the middleware and the throttles
+        if value not in _backends:
+            from .backends.redis import RedisBackend
+
+            _backends[value] = RedisBackend.from_url(value)
+        return _backends[value]
+
+
+def _key(value: Any, config: Mapping[str, Any]) -> Callable[[Any], Any]:
+    if value is None:
+        return _default_key(config)
+    found = import_string(value) if isinstance(value, str) else value
+    if not callable(found):
+        raise ConfigurationError("KEY is a dotted path to, or a callable(request) -> key")
+    return found  # type: ignore[no-any-return]
+
+
+_default_keys: dict[tuple[Any, ...], ClientKey] = {}
+
+
+def _default_key(config: Mapping[str, Any]) -> ClientKey:
+    options = (tuple(config.get("TRUSTED_PROXIES", ())),
+               config.get("FORWARDED_HEADER", "X-Forwarded-For"), config.get("PRINCIPAL_HEADER"))
+    key = _default_keys.get(options)
+    if key is None:
+        key = principal_or_ip(trusted_proxies=options[0], header=options[1],
+                              principal_header=options[2])
+        _default_keys[options] = key
+    return key
+
+
+def drf_rate(rate: str) -> str:
+    """A DRF rate (``"10/s"``, ``"100/min"``, ``"5/hour"``) in ``limits`` notation."""
+    match = _DRF_RATE.match(rate)
+    if match is None:
+        return rate  # already limits notation ("10/second; 1000/day", "10 per minute")
+    return f"{match.group(1)}/{_DRF_UNITS[match.group(2)]}"
+
+
+def core_from_settings() -> RateLimitCore:
+    """Build the middleware's :class:`RateLimitCore` from ``settings.FINTECH_RESILIENCE``."""
+    config = _config()
+    section = config.get("RATE_LIMIT") or {}
+    backend = _backend(config)
+    common = {"backend": backend, "on_backend_error": section.get("ON_BACKEND_ERROR", "local"),
+              "algorithm": section.get("ALGORITHM", "gcra")}
+    rules = []
+    for spec in section.get("RULES", ()):
+        rule_limiter = RateLimiter(drf_rate(spec["LIMITS"]), name=spec.get("NAME", "default"),
+                                   **common)
+        path = spec.get("PATH")  # a prefix, or a regular expression when it starts with "^"
+        rules.append(Rule(rule_limiter, methods=spec.get("METHODS"),
+                          path=re.compile(path) if isinstance(path, str)
+                          and path.startswith("^") else path,
+                          key=_key(spec["KEY"], config) if spec.get("KEY") else None,
+                          cost=spec.get("COST", 1)))
+    limits = section.get("LIMITS")
+    limiter = (RateLimiter(drf_rate(limits), name=section.get("NAME", "django"), **common)
+               if limits else None)
+    if limiter is None and not rules:
+        raise ConfigurationError(
+            "fintech_resilience.django.RateLimitMiddleware needs FINTECH_RESILIENCE = "
+            "{'RATE_LIMIT': {'LIMITS': '100/minute'}} (or 'RULES') in settings"
+        )
+    return RateLimitCore(limiter, rules=rules, key=_key(section.get("KEY"), config),
+                         exempt_paths=section.get("EXEMPT_PATHS", ()),
+                         headers=section.get("HEADERS", True),
+                         headers_on_allowed=section.get("HEADERS_ON_ALLOWED", True),
+                         shadow=section.get("SHADOW", False))
+
+
+def _refusal(verdict: Verdict) -> HttpResponse:
+    response = HttpResponse(verdict.body, status=verdict.status)
+    for name, value in verdict.headers:
+        response[name] = value
+    return response
+
+
+class RateLimitMiddleware:
+    """Django middleware limiting every request by ``settings.FINTECH_RESILIENCE['RATE_LIMIT']``.
+
+    Place it after ``AuthenticationMiddleware`` so ``request.user`` keys authenticated callers.
+    Works under WSGI and ASGI (async: decisions use the async backend path).
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.core = core_from_settings()
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self._async:
+            return self._acall(request)
+        verdict = self.core.check(request.method or "GET", request.path, request)
+        if not verdict.allowed:
+            return _refusal(verdict)
+        response = self.get_response(request)
+        for name, value in verdict.headers:
+            response[name] = value
+        return response
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
+        auser = getattr(request, "auser", None)
+        if auser is not None:  # resolve the lazy user here: no sync DB query on the loop
+            request.user = await auser()
+        verdict = await self.core.acheck(request.method or "GET", request.path, request)
+        if not verdict.allowed:
+            return _refusal(verdict)
+        get_response: Callable[[HttpRequest], Awaitable[HttpResponse]] = self.get_response
+        response = await get_response(request)
+        for name, value in verdict.headers:
+            response[name] = value
+        return response
+
+
+class RateThrottle(BaseThrottle):  # type: ignore[misc]
+    """A DRF throttle on fintech_resilience limiters (shared through Redis, GCRA, no races).
+
+    Configured the DRF way: the rate comes from ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]``
+    under the view's ``throttle_scope`` (else the class's ``scope``, default ``"default"``), or
+    from a subclass's ``rate``. DRF rate notation (``"10/s"``, ``"100/min"``) and ``limits``
+    notation (``"10/second; 1000/day"``) both work. The backend and trusted proxies come from
+    ``settings.FINTECH_RESILIENCE``. Override :meth:`get_key` to key differently.
+    """
+
+    scope: str | None = None
+    rate: str | None = None
+    _limiters: dict[tuple[str, str, int], RateLimiter] = {}
+    _limiters_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.decision: Decision | None = None
+
+    def get_scope(self, view: Any) -> str:
+        """The throttle scope: the view's ``throttle_scope``, else ``scope``, else default."""
+        return getattr(view, "throttle_scope", None) or self.scope or "default"
+
+    def get_rate(self, scope: str) -> str | None:
+        """The rate for ``scope`` (``None``: this scope is not throttled)."""
+        if self.rate is not None:
+            return self.rate
+        from rest_framework.settings import api_settings  # type: ignore[import-untyped]
+
+        rates: Mapping[str, str] = api_settings.DEFAULT_THROTTLE_RATES or {}
+        return rates.get(scope)
+
+    def get_key(self, request: Any, view: Any) -> Any:
+        """The key: ``request.user`` first, else the client IP behind trusted proxies."""
+        return _default_key(_config())(request)
+
+    def limiter(self, scope: str, rate: str) -> RateLimiter:
+        """The (cached) limiter of one scope and rate."""
+        backend = _backend(_config())
+        cache_key = (scope, rate, id(backend))
+        limiter = self._limiters.get(cache_key)
+        if limiter is None:
+            with self._limiters_lock:
+                limiter = self._limiters.get(cache_key)
+                if limiter is None:
+                    limiter = RateLimiter(drf_rate(rate), name=f"drf.{scope}"[:64],
+                                          backend=backend)
+                    self._limiters[cache_key] = limiter
+        return limiter
+
+    def allow_request(self, request: Any, view: Any) -> bool:
+        scope = self.get_scope(view)
+        rate = self.get_rate(scope)
+        if rate is None:
+            return True
+        key = self.get_key(request, view)
+        if key is None:
+            return True
+        self.decision = self.limiter(scope, rate).acquire(key)
+        return self.decision.allowed
+
+    def wait(self) -> float | None:
+        """Seconds until the refused request would be admitted (DRF's ``Retry-After``)."""
+        if self.decision is None or self.decision.allowed:
+            return None
+        wait = self.decision.retry_after
+        return None if wait == float("inf") else wait

@@ -1,0 +1,82 @@
+"""MemoryBackend: bounded, expiring, thread-safe."""
+
+from __future__ import annotations
+
+import threading
+
+from fintech_resilience import ConcurrencyLimiter, MemoryBackend, RateLimiter
+from fintech_resilience.testing import ManualClock
+
+
+def test_a_million_distinct_keys_stay_inside_the_bound():
+    backend = MemoryBackend(max_keys=10_000)
+    rl = RateLimiter("5/second", backend=backend, name="flood")
+    run, keys_for = backend.run, rl._request
+    for i in range(1_000_000):
+        keys, args = keys_for(i, 1)
+        run("ratelimit_gcra", keys, args)
+        if i % 50_000 == 0:
+            assert len(backend) <= 10_000
+    assert len(backend) <= 10_000
+    assert backend.evictions > 0  # live keys were evicted to hold the bound, not kept
+    assert rl.acquire("fresh").allowed
+
+
+def test_expired_keys_go_before_live_ones():
+    clock = ManualClock()
+    backend = MemoryBackend(max_keys=100, clock=clock)
+    short = RateLimiter("1/second", backend=backend, name="short", clock=clock)
+    long = RateLimiter("1/day", backend=backend, name="long", clock=clock)
+    long.acquire("keep-me")
+    for i in range(90):
+        short.acquire(f"s{i}")
+    clock.advance(5)  # every short key has expired (1 s bucket + 1 s grace)
+    for i in range(95):
+        short.acquire(f"t{i}")
+    assert not long.acquire("keep-me").allowed  # the live day-long key survived
+    assert backend.evictions == 0
+
+
+def test_state_expires_with_time():
+    clock = ManualClock()
+    backend = MemoryBackend(clock=clock)
+    rl = RateLimiter("1/second", backend=backend, name="ttl", clock=clock)
+    rl.acquire("m")
+    clock.advance(3)
+    rl.acquire("other")  # a write sweeps expired keys
+    assert len(backend) <= 2
+
+
+def test_threads_share_one_consistent_view():
+    backend = MemoryBackend()
+    rl = RateLimiter("500/hour", backend=backend, name="threads")
+    admitted = []
+    lock = threading.Lock()
+
+    def worker():
+        mine = sum(rl.acquire("m").allowed for _ in range(200))
+        with lock:
+            admitted.append(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 500
+
+
+def test_concurrency_slots_are_leases():
+    clock = ManualClock()
+    slots = ConcurrencyLimiter(2, backend=MemoryBackend(), name="psp", lease=10, clock=clock)
+    a, b = slots.try_acquire("psp"), slots.try_acquire("psp")
+    c = slots.try_acquire("psp")
+    assert a.acquired and b.acquired and not c.acquired
+    assert c.retry_after == 10.0
+    clock.advance(5)
+    assert slots.renew(a)
+    clock.advance(5)  # b's lease ran out (its holder died); a was renewed
+    d = slots.try_acquire("psp")
+    assert d.acquired and d.in_use == 2
+    assert not slots.release(b)  # releasing an expired lease frees nothing of anyone else
+    assert slots.release(a) and slots.release(d)

@@ -1,0 +1,150 @@
+"""Property: random JSON with embedded PANs (many formats) through every sink - no PAN survives,
+and digit runs that fail the Luhn check are kept. (Span attributes: test_chaos_telemetry.py.)"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fintech_resilience import MemoryBackend
+from fintech_resilience.audit import (
+    AuditLog,
+    AuditRecord,
+    CallbackSink,
+    LoggingSink,
+    RedisStreamSink,
+)
+from fintech_resilience.redaction import Redactor, luhn_valid
+
+JOIN = "; "  # never a PAN separator, so tokens stay apart
+SAFE_KEYS = ["order", "note", "items", "meta", "ref", "desc", "data", "customer", "memo"]
+
+
+def _check_digit(body: str) -> str:
+    return next(str(d) for d in range(10) if luhn_valid(body + str(d)))
+
+
+@st.composite
+def pans(draw: st.DrawFn) -> str:
+    length = draw(st.integers(13, 19))
+    body = draw(st.text("0123456789", min_size=length - 1, max_size=length - 1))
+    digits = body + _check_digit(body)
+    style = draw(st.sampled_from(["plain", "space4", "dash4", "amex", "mixed"]))
+    if style == "plain":
+        return digits
+    if style == "amex" and length == 15:
+        return f"{digits[:4]} {digits[4:10]} {digits[10:]}"
+    groups = [digits[i:i + 4] for i in range(0, length, 4)]
+    if style == "mixed":
+        return "".join(g + ("-" if i % 2 else " ") for i, g in enumerate(groups)).rstrip(" -")
+    return ("-" if style == "dash4" else " ").join(groups)
+
+
+@st.composite
+def non_pans(draw: st.DrawFn) -> str:
+    length = draw(st.integers(13, 19))
+    digits = draw(st.text("0123456789", min_size=length, max_size=length))
+    if luhn_valid(digits):
+        digits = digits[:-1] + str((int(digits[-1]) + 1) % 10)
+    return digits
+
+
+words = st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
+strings = st.lists(st.one_of(words, pans(), non_pans()), min_size=1, max_size=6).map(JOIN.join)
+leaves = st.one_of(
+    strings,
+    pans().map(lambda p: int(re.sub("[ -]", "", p))),
+    non_pans().filter(lambda n: n[0] != "0").map(int),
+    st.integers(-1000, 1000), st.booleans(), st.none(),
+)
+documents = st.recursive(
+    leaves,
+    lambda children: st.one_of(st.lists(children, max_size=4),
+                               st.dictionaries(st.sampled_from(SAFE_KEYS), children, max_size=4)),
+    max_leaves=12,
+)
+
+
+def _leaves(doc: Any) -> list[Any]:
+    if isinstance(doc, dict):
+        return [leaf for v in doc.values() for leaf in _leaves(v)]
+    if isinstance(doc, list):
+        return [leaf for v in doc for leaf in _leaves(v)]
+    return [doc]
+
+
+def _tokens(doc: Any) -> tuple[set[str], set[str]]:
+    """(PAN digit strings, kept non-PAN digit strings) embedded in the document."""
+    found_pans: set[str] = set()
+    kept: set[str] = set()
+    for leaf in _leaves(doc):
+        if isinstance(leaf, bool) or leaf is None:
+            continue
+        for token in (leaf.split(JOIN) if isinstance(leaf, str) else [str(leaf)]):
+            digits = re.sub("[ -]", "", token)
+            if digits.isdigit() and 13 <= len(digits) <= 19:
+                (found_pans if luhn_valid(digits) else kept).add(digits)
+    return found_pans, kept
+
+
+def _assert_clean(output: str, doc_pans: set[str], kept: set[str]) -> None:
+    for pan in doc_pans:
+        # the PAN's digits as a whole run, in any separator format
+        written = "(?<![0-9])" + "[ -]?".join(pan) + "(?![0-9])"
+        assert re.search(written, output) is None, (pan, output)
+    for digits in kept:
+        assert digits in output, (digits, output)
+
+
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@SETTINGS
+@given(documents)
+def test_stored_responses_keep_no_pan(doc: Any) -> None:
+    doc_pans, kept = _tokens(doc)
+    redactor = Redactor.pci()
+    body = json.dumps(doc).encode()
+    _assert_clean(redactor.redact_bytes(body, "application/json").decode(), doc_pans, kept)
+    _assert_clean(redactor.redact_bytes(body, "text/plain").decode(), doc_pans, kept)
+    if isinstance(doc, dict):
+        _assert_clean(json.dumps(redactor.redact_mapping(doc)), doc_pans, kept)
+    _assert_clean(json.dumps(redactor.redact_value(doc)), doc_pans, kept)
+
+
+@SETTINGS
+@given(documents)
+def test_audit_records_and_their_logs_keep_no_pan(doc: Any) -> None:
+    doc_pans, kept = _tokens(doc)
+    backend = MemoryBackend()
+    sink = RedisStreamSink(backend, stream="audit", chain=True)
+    lines: list[str] = []
+
+    class ListHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("test.audit.property")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = ListHandler()
+    logger.addHandler(handler)
+    seen: list[AuditRecord] = []
+    try:
+        log = AuditLog([sink, LoggingSink(logger), CallbackSink(seen.append)])
+        details = {f"f{i}": leaf for i, leaf in enumerate(_leaves(doc))}
+        principal = next((v for v in details.values() if isinstance(v, str)), "p")
+        log.record("ratelimit.limit_hit", resource=f"ratelimit:{principal}",
+                   principal=principal, details=details)
+    finally:
+        logger.removeHandler(handler)
+    stream = backend.run("audit_read", [sink.key_name], [0, "-", 10])
+    for output in (lines[0], seen[0].canonical().decode(), stream[1].decode()):
+        _assert_clean(output, doc_pans, kept)
+    assert sink.verify().ok
