@@ -57,6 +57,7 @@ from ._idempotency_record import (
 )
 from .backends.base import ALLOW, Backend, BackendGuard, Fallback, OnBackendError
 from .backends.memory import MemoryBackend, default_backend
+from .backends.redis import RedisBackend
 from .crypto import Cipher
 from .errors import (
     BackendUnavailable,
@@ -185,6 +186,9 @@ class IdempotencyStore:
     :param unavailable_retry_after: ``Retry-After`` (seconds) of the 503 when the backend fails.
     :param clock: a :class:`~fintech_resilience.testing.ManualClock` drives leases in tests; by
         default the backend's clock decides (Redis ``TIME``).
+    :param check_eviction: on a Redis backend, read ``maxmemory-policy`` once at construction and
+        log a warning if Redis may evict records (anything but ``noeviction``). Nothing is raised
+        if Redis cannot be reached.
     """
 
     def __init__(self, backend: Backend | None = None, *, ttl: float = 86_400.0,
@@ -193,7 +197,7 @@ class IdempotencyStore:
                  cipher: Cipher | None = None, on_backend_error: OnBackendError = "deny",
                  reclaim_expired: bool = False, renew: bool = True, wait_replicas: int = 0,
                  wait_timeout: float = 0.1, unavailable_retry_after: float = 1.0,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, check_eviction: bool = True) -> None:
         self.ttl = _number(ttl, "ttl", 0, 366 * 86_400)
         self.lease = _number(lease, "lease", 0, 86_400)
         if self.ttl < self.lease:
@@ -233,6 +237,8 @@ class IdempotencyStore:
         self.unavailable_retry_after = float(unavailable_retry_after)
         self.clock = clock
         self._guard = BackendGuard(PATTERN, self.name, self.backend, on_backend_error)
+        if check_eviction and isinstance(self.backend, RedisBackend):
+            self.backend.warn_if_evicting("idempotency records")
         self._lease_us = round(self.lease * 1_000_000)
         self._ttl_us = round(self.ttl * 1_000_000)
         self._renewer: _ThreadRenewer | None = None

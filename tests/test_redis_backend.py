@@ -111,3 +111,29 @@ def test_bad_backend_options():
         RedisBackend()
     with pytest.raises(ConfigurationError):
         RedisBackend(object())
+
+
+def test_eviction_policy_warning(fresh_redis, caplog):
+    from fintech_resilience import IdempotencyStore
+
+    backend = RedisBackend.from_url(fresh_redis.url, timeout=2.0)
+    fresh_redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    with caplog.at_level("WARNING", logger="fintech_resilience"):
+        IdempotencyStore(backend, secret=b"s" * 32)
+    assert not [r for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+    fresh_redis.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    with caplog.at_level("WARNING", logger="fintech_resilience"):
+        IdempotencyStore(backend, secret=b"s" * 32)
+    warned = [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+    assert len(warned) == 1 and "allkeys-lru" in warned[0]
+    assert backend.eviction_policies() == ["allkeys-lru"]
+    fresh_redis.kill()
+    IdempotencyStore(backend, secret=b"s" * 32)  # construction never fails on a dead Redis
+    backend.close()
+
+
+def test_eviction_policies_on_every_cluster_primary(cluster_url):
+    backend = RedisBackend.from_url(cluster_url, timeout=2.0)
+    assert backend.eviction_policies() == ["noeviction"] * 3
+    assert backend.warn_if_evicting("records") is False
+    backend.close()

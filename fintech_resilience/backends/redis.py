@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 import time
 import weakref
@@ -30,6 +31,8 @@ from ._redis_clients import ClientFactory, factory_from_client, factory_from_url
 from .base import Arg, Backend
 
 __all__ = ["HealthBreaker", "RedisBackend"]
+
+logger = logging.getLogger("fintech_resilience")
 
 _SCRIPTS: dict[str, tuple[str, bytes]] = {}
 _SCRIPTS_LOCK = threading.Lock()
@@ -317,6 +320,44 @@ class RedisBackend(Backend):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    # -- checks ----------------------------------------------------------------------------------
+    def eviction_policies(self) -> list[str]:
+        """``maxmemory-policy`` of the server (of every primary on a Cluster).
+
+        Raises :class:`~fintech_resilience.BackendUnavailable` when it cannot be read (down, or
+        ``CONFIG`` disabled as on some managed services).
+        """
+        client = self.client
+        nodes = (
+            [n.redis_connection for n in client.get_primaries()]
+            if self.topology == "cluster" else [client]
+        )
+        try:
+            return [
+                str(node.config_get("maxmemory-policy").get("maxmemory-policy", "unknown"))
+                for node in nodes
+            ]
+        except (rex.RedisError, OSError, AttributeError) as exc:
+            raise _unavailable(exc) from exc
+
+    def warn_if_evicting(self, what: str) -> bool:
+        """Log a warning (and return True) when Redis may evict keys that hold ``what``.
+
+        Every policy but ``noeviction`` can evict keys with a TTL, and every key here has one: an
+        evicted idempotency record means a retried charge executes twice.
+        """
+        try:
+            policies = self.eviction_policies()
+        except BackendUnavailable:
+            return False
+        risky = sorted({p for p in policies if p != "noeviction"})
+        if risky:
+            logger.warning(
+                "Redis maxmemory-policy is %s: under memory pressure it can evict %s; set"
+                " maxmemory-policy noeviction on the Redis that holds them", ", ".join(risky), what,
+            )
+        return bool(risky)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
