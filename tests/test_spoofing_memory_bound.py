@@ -72,7 +72,7 @@ async def test_spoofed_and_distinct_identities_leave_nothing_behind_after_the_tt
     peak = (await client.info("memory"))["used_memory"]
 
     deadline = time.monotonic() + 30
-    while await client.dbsize() and time.monotonic() < deadline:
+    while await client.dbsize() and time.monotonic() < deadline:  # noqa: ASYNC110 - polling Redis
         await asyncio.sleep(0.2)
     assert await client.dbsize() == 0, "every key expired by its TTL"
     after = (await client.info("memory"))["used_memory"]
