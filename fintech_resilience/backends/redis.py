@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import threading
 import time
 import weakref
@@ -39,18 +40,28 @@ _SCRIPTS_LOCK = threading.Lock()
 
 
 def script(name: str) -> tuple[str, bytes]:
-    """The SHA1 and source of ``backends/lua/<name>.lua`` (loaded once per process)."""
+    """The SHA1 and source of ``backends/lua/<name>.lua`` (loaded once per process; shared
+    fragments such as ``_now.lua`` are pulled in by ``--#include`` lines)."""
     try:
         return _SCRIPTS[name]
     except KeyError:
         pass
     with _SCRIPTS_LOCK:
         try:
-            source = resources.files(__package__).joinpath("lua", f"{name}.lua").read_bytes()
+            source = _read_lua(f"{name}.lua")
         except FileNotFoundError:
             raise ConfigurationError(f"unknown backend operation {name!r}") from None
         _SCRIPTS[name] = (hashlib.sha1(source, usedforsecurity=False).hexdigest(), source)
     return _SCRIPTS[name]
+
+
+_INCLUDE = re.compile(rb"^--#include (\S+)$", re.MULTILINE)
+
+
+def _read_lua(filename: str) -> bytes:
+    """A script from ``backends/lua/``, with ``--#include <file>`` lines replaced by that file."""
+    source = resources.files(__package__).joinpath("lua", filename).read_bytes()
+    return _INCLUDE.sub(lambda m: _read_lua(m.group(1).decode()).rstrip(b"\n"), source)
 
 
 class HealthBreaker:
@@ -245,17 +256,35 @@ class RedisBackend(Backend):
     async def arun(self, script_name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         script(script_name)  # unknown names fail here, before anything is queued
         self.health.before_call()
-        batch = await self._ready_batch()
+        batch = self._batch()
+        if not batch.ready:
+            batch = await self._ready_batch()
         if not self.pipeline or self.topology == "cluster":
             # redis-py's cluster pipeline refuses EVALSHA: concurrent calls use the per-node
             # connection pools instead
             async with batch.in_flight:
                 return await self._run_one(batch.client, script_name, keys, args)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        batch.pending.append((script_name, keys, args, future))
         if not batch.scheduled:
+            # no batch is forming: this decision leads. Decisions issued in the same loop
+            # iteration queue behind it; if none did, it is sent at once (no task, no future)
             batch.scheduled = True
+            try:
+                await asyncio.sleep(0)
+            except BaseException:
+                if batch.pending:
+                    asyncio.get_running_loop().create_task(self._flush(batch))
+                else:
+                    batch.scheduled = False
+                raise
+            if not batch.pending:
+                batch.scheduled = False
+                return await self._run_one(batch.client, script_name, keys, args)
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            batch.pending.append((script_name, keys, args, future))
             asyncio.get_running_loop().create_task(self._flush(batch))
+            return await future
+        future = asyncio.get_running_loop().create_future()
+        batch.pending.append((script_name, keys, args, future))
         return await future
 
     async def _run_one(self, client: Any, script_name: str, keys: Sequence[str],

@@ -5,11 +5,7 @@
 -- ARGV     now_us (0 = TIME), token, half_open_calls, probe_lease_us, ttl_ms
 -- Returns {state, gen, retry_after_us, granted, transition_from (-1: none), calls, failures, slow}
 -- states: 0 CLOSED, 1 OPEN, 2 HALF_OPEN, 3 FORCED_OPEN, 4 DISABLED, 5 METRICS_ONLY
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+--#include _now.lua
 local key = KEYS[1]
 local token = ARGV[2]
 local hoc = tonumber(ARGV[3])

@@ -5,11 +5,7 @@
 -- reset forgets everything (window, break growth, probes, override) and closes the breaker;
 -- the other commands set an override that holds until reset.
 -- Returns {state, gen, retry_after_us, 0, transition_from (-1: none), calls, failures, slow}
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+--#include _now.lua
 local key = KEYS[1]
 local op = tonumber(ARGV[2])
 local h = redis.call('HMGET', key, 'st', 'ov', 'gen', 'until', 'n', 'f', 's')

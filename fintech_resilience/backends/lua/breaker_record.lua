@@ -12,11 +12,7 @@
 --          15 half_open_calls, 16 ttl_ms
 -- An outcome from an earlier generation (the call started before a transition) is not counted.
 -- Returns {state, gen, retry_after_us, 1, transition_from (-1: none), calls, failures, slow}
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+--#include _now.lua
 local function num(x) return string.format('%.17g', x) end
 local key = KEYS[1]
 local h = redis.call('HMGET', key, 'st', 'ov', 'gen', 'until', 'trips', 'n', 'f', 's', 'seq',

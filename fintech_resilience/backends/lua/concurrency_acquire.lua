@@ -2,11 +2,7 @@
 -- KEYS[1]  sorted set: token -> lease expiry (microseconds)
 -- ARGV     now_us (0 = TIME), limit, lease_us, token
 -- Returns {acquired, in_use, wait_us until the earliest lease expires (0 if acquired)}
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+--#include _now.lua
 local limit = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 local token = ARGV[4]

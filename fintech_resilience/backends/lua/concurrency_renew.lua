@@ -2,11 +2,7 @@
 -- KEYS[1]  sorted set: token -> lease expiry (microseconds)
 -- ARGV     now_us (0 = TIME), lease_us, token
 -- Returns {renewed (0 if the lease had expired: the slot may belong to someone else now)}
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+--#include _now.lua
 local lease = tonumber(ARGV[2])
 local expiry = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[3]) or 0)
 if expiry <= now then

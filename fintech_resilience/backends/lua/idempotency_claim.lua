@@ -8,11 +8,7 @@
 --          {3 mismatch, fencing token, 0, 0}
 --          {4 in progress, fencing token, lease left (us), 0}
 --          {5 outcome unknown (lease expired while running), fencing token, 0, 0}
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+--#include _now.lua
 local key = KEYS[1]
 local lease = tonumber(ARGV[4])
 local r = redis.call('HMGET', key, 'st', 'fp', 'lu', 'fen', 'res', 'co')

@@ -2,11 +2,7 @@
 -- KEYS[1]  the record hash (see idempotency_claim.lua)
 -- ARGV     now_us (0 = TIME), owner token, stored response, ttl_us
 -- Returns  {1, 0} stored; {0, 1} not the owner (released or reclaimed); {0, 2} lease expired
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+--#include _now.lua
 local key = KEYS[1]
 local r = redis.call('HMGET', key, 'st', 'own', 'lu')
 if r[1] ~= 'p' or r[2] ~= ARGV[2] then

@@ -3,11 +3,7 @@
 -- KEYS[1]  the record hash (see idempotency_claim.lua)
 -- ARGV     now_us (0 = TIME), owner token, force (1 = operator: free it whatever its state)
 -- Returns  {1, 0} released; {0, 1} not the owner; {0, 2} lease expired
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+--#include _now.lua
 local key = KEYS[1]
 if ARGV[3] ~= '1' then
   local r = redis.call('HMGET', key, 'st', 'own', 'lu')

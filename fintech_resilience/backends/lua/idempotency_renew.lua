@@ -2,11 +2,7 @@
 -- KEYS[1]  the record hash (see idempotency_claim.lua)
 -- ARGV     now_us (0 = TIME), owner token, lease_us
 -- Returns  {1, 0} renewed; {0, 1} not the owner; {0, 2} lease already expired
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+--#include _now.lua
 local key = KEYS[1]
 local lease = tonumber(ARGV[3])
 local r = redis.call('HMGET', key, 'st', 'own', 'lu')

@@ -7,11 +7,7 @@
 -- Keys live one window past their own, so a request stamped before the boundary that reaches
 -- Redis late still counts against the window it was stamped in.
 -- Returns {allowed, retry_after_us (-1 = never), remaining_1, reset_after_us_1, ...}
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+--#include _now.lua
 local cost = tonumber(ARGV[2])
 local n = #KEYS
 local state = {}

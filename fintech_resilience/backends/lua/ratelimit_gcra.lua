@@ -9,11 +9,7 @@
 -- Keys live 1 s past the time the bucket is full again: a request stamped by a client clock
 -- that reaches Redis late must still find the state it was stamped against.
 -- Returns {allowed, retry_after_us (-1 = never), remaining_1, reset_after_us_1, ...}
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+--#include _now.lua
 local cost = tonumber(ARGV[2])
 local n = #KEYS
 local tats = {}

@@ -6,11 +6,7 @@
 --          floor_cap (micro-tokens), ttl_ms
 -- All amounts are integers in micro-tokens, so sums stay exact in Lua's doubles.
 -- Returns {granted (0 no, 1 from tokens, 2 from the floor), tokens, floor}
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+--#include _now.lua
 local deposits = tonumber(ARGV[2])
 local ratio = tonumber(ARGV[3])
 local cap = tonumber(ARGV[4])
