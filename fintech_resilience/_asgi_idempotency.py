@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from . import audit as _audit
 from ._http import (
     PROBLEM_BASE,
     SAFE_REPLAY_HEADERS,
@@ -139,7 +140,12 @@ class IdempotencyMiddleware:
         record = store.record_key(key, scope=principal, method=method, route=path)
         fingerprint = store.fingerprint(method, path, scope.get("query_string", b""), body)
         try:
-            claim = await store.aclaim(record, fingerprint)
+            if _audit.resolve(store.audit_log) is None:
+                claim = await store.aclaim(record, fingerprint)
+            else:  # audited: who (the scope's principal) and from where (the TCP peer)
+                client = scope.get("client")
+                claim = await store.aclaim(record, fingerprint, principal=str(principal),
+                                           origination=str(client[0]) if client else None)
         except BackendUnavailable:
             await send_answer(send, unavailable_problem(store.unavailable_retry_after,
                                                         base=self.base))

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Seque
 from typing import Any
 
 from ._ratelimit_http import KeyFunc, RateLimitCore, Rule
+from .audit import AuditLog
 from .ratelimit import RateLimiter
 
 __all__ = ["RateLimitMiddleware"]
@@ -43,6 +44,9 @@ class RateLimitMiddleware:
     :param headers: send ``RateLimit``/``RateLimit-Policy`` (``Retry-After`` is always sent on 429).
     :param headers_on_allowed: also on admitted responses (default True).
     :param shadow: decide and record, but never refuse; no fields are added in shadow mode.
+    :param audit: an :class:`~fintech_resilience.audit.AuditLog` recording each refusal
+        (``ratelimit.limit_hit`` with the client's principal and address); default
+        :func:`fintech_resilience.audit.get_default`.
 
     A refusal is ``429`` with an RFC 9457 body of type ``quota-exceeded``; when the backend is
     down and the limiter's ``on_backend_error="deny"`` refused, ``503`` of type
@@ -55,11 +59,13 @@ class RateLimitMiddleware:
                  rules: Sequence[Rule] = (), key: KeyFunc | None = None,
                  cost: int | Callable[[Any], int] = 1, exempt_paths: Iterable[str] = (),
                  exempt: Callable[[Any], bool] | None = None, headers: bool = True,
-                 headers_on_allowed: bool = True, shadow: bool = False) -> None:
+                 headers_on_allowed: bool = True, shadow: bool = False,
+                 audit: AuditLog | None = None) -> None:
         self.app = app
         self.core = RateLimitCore(limiter, rules=rules, key=key, cost=cost,
                                   exempt_paths=exempt_paths, exempt=exempt, headers=headers,
-                                  headers_on_allowed=headers_on_allowed, shadow=shadow)
+                                  headers_on_allowed=headers_on_allowed, shadow=shadow,
+                                  audit=audit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

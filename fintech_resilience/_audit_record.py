@@ -36,6 +36,7 @@ class EventType:
     IDEMPOTENCY_CONFLICT: Final = "idempotency.conflict"
     IDEMPOTENCY_MISMATCH: Final = "idempotency.mismatch"
     IDEMPOTENCY_OUTCOME_UNKNOWN: Final = "idempotency.outcome_unknown"
+    RETRY_BUDGET_EXHAUSTED: Final = "retry_budget.exhausted"
     CHAOS_INJECTED: Final = "chaos.injected"
     RESIDENCY_VIOLATION: Final = "residency.violation"
 

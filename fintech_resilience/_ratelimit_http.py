@@ -19,10 +19,11 @@ from typing import Any, Final
 
 from opentelemetry import trace as _trace
 
+from . import audit as _audit
 from . import telemetry
 from .backends.memory import MemoryBackend
 from .errors import ConfigurationError
-from .keys import principal_or_ip
+from .keys import ClientKey, principal_or_ip
 from .ratelimit import Decision, RateLimiter
 
 __all__ = [
@@ -74,30 +75,13 @@ def problem(status: int, *, type_: str = "about:blank", title: str | None = None
 
 def limiter_policy(limiter: RateLimiter) -> str:
     """The ``RateLimit-Policy`` field of a limiter (constant: it depends on configuration only)."""
-    name, rates = limiter.name, limiter.rates
-    if len(rates) == 1:
-        return f'"{name}";q={rates[0].amount};w={rates[0].period}'
-    return ", ".join(f'"{name}-{i}";q={r.amount};w={r.period}' for i, r in enumerate(rates))
+    return limiter.policy_field
 
 
-def ratelimit_item(rule: Rule, decision: Decision) -> str:
-    """The ``RateLimit`` item of one decision: the tightest limit, as ``Decision.headers()``
-    formats it, read straight from the backend's reply (``Decision.limits`` costs ~4 µs)."""
-    raw = decision._raw  # [allowed, retry_us, remaining_0, reset_us_0, remaining_1, ...]
-    if not raw:  # decided by on_backend_error: the slow, general path
-        return decision.headers(retry_after=False)["RateLimit"]
-    n = (len(raw) - 2) // 2
-    if n == 1:
-        return f'"{rule._label}";r={int(raw[2])};t={math.ceil(raw[3] / 1_000_000)}'
-    i = min(range(n), key=lambda j: (int(raw[2 * j + 2]), -raw[2 * j + 3]))
-    return (f'"{rule._label}-{i}";r={int(raw[2 * i + 2])};'
-            f't={math.ceil(raw[2 * i + 3] / 1_000_000)}')
-
-
-def _policy_label(rule: Rule, decision: Decision) -> str:
-    """The policy name the ``RateLimit`` field reports (``"payments"`` / ``"payments-1"``)."""
-    item = ratelimit_item(rule, decision)
-    return item[1:item.index('"', 1)]
+def ratelimit_item(rule: Rule, decision: Decision) -> str | None:
+    """The ``RateLimit`` item of one decision (None when nothing was measured), exactly as
+    ``Decision.headers()`` formats it."""
+    return decision.ratelimit_field()
 
 
 class Rule:
@@ -112,7 +96,7 @@ class Rule:
     :param cost: units per request, or ``callable(request) -> int``.
     """
 
-    __slots__ = ("_label", "_policy", "_sync", "cost", "key", "limiter", "methods", "path")
+    __slots__ = ("_policy", "_sync", "cost", "key", "limiter", "methods", "path")
 
     def __init__(self, limiter: RateLimiter, *, methods: Iterable[str] | None = None,
                  path: str | re.Pattern[str] | None = None, key: KeyFunc | None = None,
@@ -134,9 +118,8 @@ class Rule:
         self.path = path.rstrip("/") if isinstance(path, str) else path
         self.key = key
         self.cost = cost
-        # a limiter's RateLimit-Policy never changes: format it once (as Decision.headers does)
-        self._policy = limiter_policy(limiter)
-        self._label = limiter.name
+        # a limiter's RateLimit-Policy never changes: the limiter formats it once
+        self._policy = limiter.policy_field
         # a memory backend never waits on I/O: its sync path is cheaper, also under asyncio
         self._sync = isinstance(limiter.backend, MemoryBackend)
 
@@ -167,6 +150,9 @@ class Verdict:
 
 
 _PASS: Final = Verdict(True)
+_edge = _audit.edge_audits
+#: Who a refused request came from, for audit records, when the key function is not a ClientKey.
+_IDENTITY: Final = principal_or_ip()
 
 
 class RateLimitCore:
@@ -175,14 +161,17 @@ class RateLimitCore:
     See :class:`fintech_resilience.asgi.RateLimitMiddleware` for the meaning of each option.
     """
 
-    __slots__ = ("_exempt_prefixes", "_simple", "exempt", "headers", "headers_on_allowed", "key",
-                 "rules", "shadow")
+    __slots__ = ("_exempt_prefixes", "_simple", "audit", "exempt", "headers", "headers_on_allowed",
+                 "key", "rules", "shadow")
 
     def __init__(self, limiter: RateLimiter | None = None, *, rules: Sequence[Rule] = (),
                  key: KeyFunc | None = None, cost: int | Callable[[Any], int] = 1,
                  exempt_paths: Iterable[str] = (), exempt: Callable[[Any], bool] | None = None,
                  headers: bool = True, headers_on_allowed: bool = True,
-                 shadow: bool = False) -> None:
+                 shadow: bool = False, audit: _audit.AuditLog | None = None) -> None:
+        if audit is not None and not isinstance(audit, _audit.AuditLog):
+            raise ConfigurationError(f"audit must be a fintech_resilience AuditLog; got {audit!r}")
+        self.audit = audit
         all_rules = list(rules)
         if limiter is not None:
             all_rules.insert(0, Rule(limiter, cost=cost))
@@ -224,9 +213,7 @@ class RateLimitCore:
         """The verdict of one admitted decision on the hot path (else the general one)."""
         if (decision.allowed and not decision.shadowed and self.headers
                 and self.headers_on_allowed and not telemetry.active()):
-            return Verdict(True, headers=[("RateLimit-Policy", rule._policy),
-                                          ("RateLimit", ratelimit_item(rule, decision))],
-                           decisions=[decision])
+            return Verdict(True, headers=_fields(((rule, decision),)), decisions=[decision])
         return self.verdict([(rule, decision)])
 
     def plan(self, method: str, path: str, request: Any) -> list[tuple[Rule, Any, int]]:
@@ -255,6 +242,8 @@ class RateLimitCore:
 
     def check(self, method: str, path: str, request: Any) -> Verdict:
         """Decide (sync): acquire every matching rule in order, stop at the first refusal."""
+        if (self.audit is not None or _audit._DEFAULT[0] is not None) and not _edge.get():
+            return self._audited_check(method, path, request)
         rule = self._simple
         if rule is not None:
             key = self.key(request)
@@ -271,6 +260,8 @@ class RateLimitCore:
 
     async def acheck(self, method: str, path: str, request: Any) -> Verdict:
         """Async twin of :meth:`check` (memory-backed limiters decide without awaiting)."""
+        if (self.audit is not None or _audit._DEFAULT[0] is not None) and not _edge.get():
+            return await self._audited_acheck(method, path, request)
         rule = self._simple
         if rule is not None:
             key = self.key(request)
@@ -291,9 +282,44 @@ class RateLimitCore:
                 break
         return self.verdict(decided) if decided else _PASS
 
+    # -- audit (only with an AuditLog configured) ---------------------------------------------
+    def _audited_check(self, method: str, path: str, request: Any) -> Verdict:
+        token = _edge.set(True)  # the limiters leave the record to this edge
+        try:
+            verdict = self.check(method, path, request)
+        finally:
+            _edge.reset(token)
+        if not verdict.allowed:
+            log = _audit.resolve(self.audit)
+            if log is not None:
+                log.record(_audit.EventType.LIMIT_HIT, **self._refusal(request, verdict))
+        return verdict
+
+    async def _audited_acheck(self, method: str, path: str, request: Any) -> Verdict:
+        token = _edge.set(True)
+        try:
+            verdict = await self.acheck(method, path, request)
+        finally:
+            _edge.reset(token)
+        if not verdict.allowed:
+            log = _audit.resolve(self.audit)
+            if log is not None:
+                await log.arecord(_audit.EventType.LIMIT_HIT, **self._refusal(request, verdict))
+        return verdict
+
+    def _refusal(self, request: Any, verdict: Verdict) -> dict[str, Any]:
+        """The fields of a ``ratelimit.limit_hit`` record: who (principal, else ``anonymous``),
+        from where (client address), which limiter and policy."""
+        who = self.key if isinstance(self.key, ClientKey) else _IDENTITY
+        refused = verdict.decisions[-1]
+        name = refused._limiter.name
+        return {"resource": f"ratelimit:{name}", "principal": who.principal(request) or "anonymous",
+                "outcome": "failure", "origination": who.ip(request),
+                "details": {"policy": refused.policy, "status": verdict.status}}
+
     def verdict(self, decided: list[tuple[Rule, Decision]]) -> Verdict:
         """Translate (rule, decision) pairs into a pass (with fields) or a 429/503 problem."""
-        last_rule, last = decided[-1]
+        last = decided[-1][1]
         refused = last if not last.allowed else None
         shadowed = any(d.shadowed for _, d in decided)
         if refused is not None and self.shadow:
@@ -305,7 +331,7 @@ class RateLimitCore:
             if shadowed or not (self.headers and self.headers_on_allowed):
                 return Verdict(True, decisions=decisions)
             return Verdict(True, headers=_fields(decided), decisions=decisions)
-        label = _policy_label(last_rule, refused)
+        label = refused.policy_label
         if refused.fallback is not None:  # on_backend_error="deny" refused: not the client's fault
             status, headers, body = problem(
                 503, type_=TEMPORARY_REDUCED_CAPACITY, retry_after=refused.retry_after,
@@ -327,9 +353,15 @@ def _fields(decided: Sequence[tuple[Rule, Decision]]) -> list[tuple[str, str]]:
     """``RateLimit-Policy`` and ``RateLimit`` (one List item per limiter) from the decisions."""
     if len(decided) == 1:
         rule, decision = decided[0]
-        return [("RateLimit-Policy", rule._policy), ("RateLimit", ratelimit_item(rule, decision))]
-    return [("RateLimit-Policy", ", ".join(rule._policy for rule, _ in decided)),
-            ("RateLimit", ", ".join(ratelimit_item(rule, d) for rule, d in decided))]
+        item = decision.ratelimit_field()
+        if item is None:  # an on_backend_error policy decided: nothing measured
+            return [("RateLimit-Policy", rule._policy)]
+        return [("RateLimit-Policy", rule._policy), ("RateLimit", item)]
+    fields = [("RateLimit-Policy", ", ".join(rule._policy for rule, _ in decided))]
+    items = [item for _, d in decided if (item := d.ratelimit_field()) is not None]
+    if items:
+        fields.append(("RateLimit", ", ".join(items)))
+    return fields
 
 
 def _annotate_span(decisions: Sequence[Decision], refused: Decision | None,

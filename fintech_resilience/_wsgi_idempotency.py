@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from . import audit as _audit
 from ._asgi_idempotency import DEFAULT_MAX_BODY, check_options
 from ._http import (
     PROBLEM_BASE,
@@ -105,7 +106,11 @@ class IdempotencyMiddleware:
         fingerprint = store.fingerprint(method, path,
                                         environ.get("QUERY_STRING", "").encode("latin-1"), body)
         try:
-            claim = store.claim(record, fingerprint)
+            if _audit.resolve(store.audit_log) is None:
+                claim = store.claim(record, fingerprint)
+            else:  # audited: who (the scope's principal) and from where (the TCP peer)
+                claim = store.claim(record, fingerprint, principal=str(principal),
+                                    origination=environ.get("REMOTE_ADDR") or None)
         except BackendUnavailable:
             return answer_wsgi(start_response, unavailable_problem(
                 store.unavailable_retry_after, base=self.base))

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._ratelimit_http import KeyFunc, RateLimitCore, Rule
+from .audit import AuditLog
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -34,11 +35,13 @@ class RateLimitMiddleware:
                  rules: Sequence[Rule] = (), key: KeyFunc | None = None,
                  cost: int | Callable[[Any], int] = 1, exempt_paths: Iterable[str] = (),
                  exempt: Callable[[Any], bool] | None = None, headers: bool = True,
-                 headers_on_allowed: bool = True, shadow: bool = False) -> None:
+                 headers_on_allowed: bool = True, shadow: bool = False,
+                 audit: AuditLog | None = None) -> None:
         self.app = app
         self.core = RateLimitCore(limiter, rules=rules, key=key, cost=cost,
                                   exempt_paths=exempt_paths, exempt=exempt, headers=headers,
-                                  headers_on_allowed=headers_on_allowed, shadow=shadow)
+                                  headers_on_allowed=headers_on_allowed, shadow=shadow,
+                                  audit=audit)
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:

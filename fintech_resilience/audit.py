@@ -30,6 +30,8 @@ and :class:`CallbackSink`.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import inspect
 import logging
 import os
@@ -85,7 +87,9 @@ __all__ = [
     "Sink",
     "VerifyReport",
     "chain_hash",
+    "emit_soon",
     "get_default",
+    "resolve",
     "set_default",
     "stream_key",
     "verify_cli",
@@ -353,8 +357,11 @@ class AuditLog:
         ``principal`` is who acted (``None`` → ``"system"``); ``outcome`` is ``"success"`` when
         the decided action went ahead and ``"failure"`` when it was refused.
         """
-        rec = self.build(event_type, resource=resource, principal=principal, outcome=outcome,
-                         origination=origination, details=details)
+        return self.emit(self.build(event_type, resource=resource, principal=principal,
+                                    outcome=outcome, origination=origination, details=details))
+
+    def emit(self, rec: AuditRecord) -> AuditRecord:
+        """Hand a built record (see :meth:`build`) to every sink; return it."""
         errors: list[BaseException] = []
         for i, sink in enumerate(self.sinks):
             try:
@@ -374,8 +381,12 @@ class AuditLog:
                       outcome: Outcome | bool = "success", origination: str | None = None,
                       details: Mapping[str, DetailValue] | None = None) -> AuditRecord:
         """Async twin of :meth:`record`."""
-        rec = self.build(event_type, resource=resource, principal=principal, outcome=outcome,
-                         origination=origination, details=details)
+        return await self.aemit(self.build(event_type, resource=resource, principal=principal,
+                                           outcome=outcome, origination=origination,
+                                           details=details))
+
+    async def aemit(self, rec: AuditRecord) -> AuditRecord:
+        """Async twin of :meth:`emit`."""
         errors: list[BaseException] = []
         for i, sink in enumerate(self.sinks):
             try:
@@ -412,6 +423,11 @@ class AuditLog:
 
 _DEFAULT: list[AuditLog | None] = [None]
 
+#: True while an HTTP edge decides a request and audits the refusal itself (it knows the client's
+#: principal and address), so the pattern it calls does not write a second, anonymous record.
+edge_audits: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "fintech_resilience.audit.edge", default=False)
+
 
 def set_default(log: AuditLog | None) -> None:
     """Set the process-wide audit log patterns use when they were given none (``None`` clears)."""
@@ -423,3 +439,25 @@ def set_default(log: AuditLog | None) -> None:
 def get_default() -> AuditLog | None:
     """The process-wide audit log, or None (then patterns audit nothing unless given a log)."""
     return _DEFAULT[0]
+
+
+def resolve(own: AuditLog | None) -> AuditLog | None:
+    """The log a pattern writes to: its own, else the process-wide default, else None."""
+    return own if own is not None else _DEFAULT[0]
+
+
+_background: set[asyncio.Task[AuditRecord]] = set()
+
+
+def emit_soon(log: AuditLog, rec: AuditRecord) -> None:
+    """Emit a built record from code shared by sync and async callers: at once (``emit``) outside
+    an event loop; inside one, as a task on it (``aemit``), so async sinks work and the loop is not
+    blocked. The record's time and trace ids are those of the moment it was built."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        log.emit(rec)
+        return
+    task = loop.create_task(log.aemit(rec))
+    _background.add(task)
+    task.add_done_callback(_background.discard)

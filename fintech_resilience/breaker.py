@@ -27,10 +27,12 @@ import contextvars
 import functools
 import inspect
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
 from . import _keys, telemetry
+from . import audit as _audit
 from ._breaker_core import (
     BreakerState,
     CountWindow,
@@ -42,11 +44,14 @@ from ._breaker_core import (
     gate,
     view_from,
 )
-from ._clock import SYSTEM_CLOCK, Clock
+from ._clock import Clock
 from .backends.base import Backend, BackendGuard, Fallback, OnBackendError
 from .backends.memory import MemoryBackend, default_backend
 from .errors import CircuitOpen
 from .outcomes import Classifier, Outcome, OutcomeRule, Verdict
+
+if TYPE_CHECKING:
+    from .audit import AuditLog
 
 __all__ = ["BreakerState", "CircuitBreaker", "CountWindow", "Listener", "TimeWindow", "Transition",
            "View"]
@@ -57,11 +62,8 @@ Listener = Callable[[Transition], object]
 #: (generation seen when the call started, probe token or "", monotonic start time)
 _Ticket = tuple[int, str, float]
 
-_transitions_counter = telemetry.meter.create_counter(
-    telemetry.Metric.BREAKER_TRANSITIONS, unit="{transition}",
-    description="Circuit breaker state transitions (counted once, by the process causing them)",
-)
 _DEFAULT_WINDOW: Final = CountWindow(100)
+_CLOSED: Final = BreakerState.CLOSED
 _CONTROL: Final = {"read": 0, "reset": 1, "force_open": 2, "disable": 3, "metrics_only": 4}
 
 
@@ -101,6 +103,9 @@ class CircuitBreaker:
     :param ask_every_call: ask the backend before every call (strict consistency, 2 round trips).
     :param clock: a :class:`~fintech_resilience.testing.ManualClock` for tests (its time is then
         passed to the backend); default: real time, the backend's clock for shared state.
+    :param audit: an :class:`~fintech_resilience.audit.AuditLog` for the transitions this process
+        causes (``breaker.transition``) and operator commands (``operator.override``); default
+        :func:`fintech_resilience.audit.get_default`.
     """
 
     def __init__(self, name: str, *, backend: Backend | None = None, failure_rate: float = 0.5,
@@ -113,9 +118,11 @@ class CircuitBreaker:
                  fallback: Callable[..., Any] | None = None, listeners: Iterable[Listener] = (),
                  on_backend_error: OnBackendError = "local", refresh_interval: float = 1.0,
                  ask_every_call: bool = False, clock: Clock | None = None,
-                 namespace: str = _keys.DEFAULT_NAMESPACE) -> None:
+                 namespace: str = _keys.DEFAULT_NAMESPACE, audit: AuditLog | None = None) -> None:
         self.name = _keys.validate_name(name)
         self.namespace = _keys.validate_name(namespace, "namespace")
+        self.audit = audit
+        telemetry.watch_breaker(self)
         self.settings = Settings.build(
             window=window, minimum_calls=minimum_calls, failure_rate=failure_rate,
             slow_call_rate=slow_call_rate, slow_call_duration=slow_call_duration,
@@ -131,7 +138,9 @@ class CircuitBreaker:
         self.listeners: list[Listener] = list(listeners)
         self.ask_every_call = bool(ask_every_call)
         self.clock = clock
-        self._mono = (clock or SYSTEM_CLOCK).monotonic
+        self._mono = clock.monotonic if clock is not None else time.monotonic
+        # with the default rules a call that returned is a success: no Outcome to build
+        self._plain_success = failure is None and neutral is None
         self.backend = backend if backend is not None else default_backend()
         self._guard = BackendGuard("breaker", self.name, self.backend, on_backend_error)
         # a MemoryBackend cannot fail: skip the guard on the hot path
@@ -156,6 +165,8 @@ class CircuitBreaker:
         """A ticket to run now, None to ask the backend first; raises CircuitOpen if known OPEN."""
         view = self._view
         now = self._mono()
+        if view is not None and view.state is _CLOSED and not self.ask_every_call:
+            return (view.gen, "", now)  # the common case of gate(), decided inline
         decided = gate(view, now, self.ask_every_call)
         if decided is Gate.RUN:
             return (view.gen, "", now)  # type: ignore[union-attr]
@@ -178,11 +189,18 @@ class CircuitBreaker:
             return (view.gen, probe, now)
         raise self._rejection(view, now)
 
-    def _record_args(self, ticket: _Ticket, outcome: Outcome) -> tuple[Any, ...] | None:
-        verdict = self.classifier.classify(outcome)
+    def _record_args(self, ticket: _Ticket, result: Any,
+                     exc: BaseException | None) -> tuple[Any, ...] | None:
+        duration = self._mono() - ticket[2]
+        if telemetry.active():
+            telemetry.record_call(telemetry.Pattern.BREAKER, self.name, duration, exc)
+        if exc is None and self._plain_success:
+            verdict = Verdict.SUCCESS
+        else:
+            verdict = self.classifier.classify(Outcome(result, exc, duration))
         if verdict is Verdict.NEUTRAL and not ticket[1]:
             return None  # counts for nothing and holds no permit: no round trip
-        slow = 1 if self._slow is not None and outcome.duration >= self._slow else 0
+        slow = 1 if self._slow is not None and duration >= self._slow else 0
         code = 0 if verdict is Verdict.NEUTRAL else 2 if verdict is Verdict.FAILURE else 1
         return (self._now_us(), ticket[0], ticket[1], code, slow, *self._record_tail)
 
@@ -225,6 +243,11 @@ class CircuitBreaker:
     def _notify(self, transition: Transition) -> None:
         if transition.caused_here:
             _report(transition)
+            log = self._audit_log()
+            if log is not None:  # in an event loop: written by a task on it (arecord)
+                _audit.emit_soon(log, log.build(
+                    _audit.EventType.BREAKER_TRANSITION, resource=f"breaker:{self.name}",
+                    details={"from": transition.previous.name, "to": transition.state.name}))
         for listener in self.listeners:
             try:
                 listener(transition)
@@ -242,8 +265,8 @@ class CircuitBreaker:
             ticket = self._after_acquire(result, token, seq)
         return ticket
 
-    def _exit(self, ticket: _Ticket, outcome: Outcome) -> None:
-        args = self._record_args(ticket, outcome)
+    def _exit(self, ticket: _Ticket, result: Any, exc: BaseException | None) -> None:
+        args = self._record_args(ticket, result, exc)
         if args is not None:
             seq = self._seq
             self._after_record(self._run("breaker_record", self._keys, args), seq)
@@ -259,9 +282,9 @@ class CircuitBreaker:
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._exit(ticket, Outcome(None, exc, self._mono() - ticket[2]))
+            self._exit(ticket, None, exc)
             raise
-        self._exit(ticket, Outcome(result, None, self._mono() - ticket[2]))
+        self._exit(ticket, result, None)
         return result
 
     def __enter__(self) -> CircuitBreaker:
@@ -273,7 +296,7 @@ class CircuitBreaker:
         stack = self._tickets.get()
         ticket = stack[-1]
         self._tickets.set(stack[:-1])
-        self._exit(ticket, Outcome(None, exc, self._mono() - ticket[2]))
+        self._exit(ticket, None, exc)
 
     # -- async driver -----------------------------------------------------------------------------
     async def _aenter(self) -> _Ticket:
@@ -285,8 +308,8 @@ class CircuitBreaker:
             ticket = self._after_acquire(result, token, seq)
         return ticket
 
-    async def _aexit(self, ticket: _Ticket, outcome: Outcome) -> None:
-        args = self._record_args(ticket, outcome)
+    async def _aexit(self, ticket: _Ticket, result: Any, exc: BaseException | None) -> None:
+        args = self._record_args(ticket, result, exc)
         if args is not None:
             seq = self._seq
             self._after_record(await self._arun("breaker_record", self._keys, args), seq)
@@ -303,9 +326,9 @@ class CircuitBreaker:
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            await self._aexit(ticket, Outcome(None, exc, self._mono() - ticket[2]))
+            await self._aexit(ticket, None, exc)
             raise
-        await self._aexit(ticket, Outcome(result, None, self._mono() - ticket[2]))
+        await self._aexit(ticket, result, None)
         return result
 
     async def __aenter__(self) -> CircuitBreaker:
@@ -317,7 +340,7 @@ class CircuitBreaker:
         stack = self._tickets.get()
         ticket = stack[-1]
         self._tickets.set(stack[:-1])
-        await self._aexit(ticket, Outcome(None, exc, self._mono() - ticket[2]))
+        await self._aexit(ticket, None, exc)
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate a sync or async function."""
@@ -372,53 +395,69 @@ class CircuitBreaker:
         """Async twin of :attr:`state`."""
         return (await self.arefresh()).state
 
-    def _command(self, op: str) -> BreakerState:
+    def _audit_log(self) -> AuditLog | None:
+        return self.audit if self.audit is not None else _audit.get_default()
+
+    def _command(self, op: str, actor: str | None) -> BreakerState:
         seq = self._seq
         reply = self.backend.run("breaker_control", self._keys,
                                  (self._now_us(), _CONTROL[op], self.settings.ttl_ms))
-        return self._apply(reply, seq, self._mono()).state
+        state = self._apply(reply, seq, self._mono()).state
+        log = self._audit_log()
+        if log is not None:
+            log.record(_audit.EventType.OPERATOR_OVERRIDE, resource=f"breaker:{self.name}",
+                       principal=actor or "operator", details={"action": op, "state": state.name})
+        return state
 
-    async def _acommand(self, op: str) -> BreakerState:
+    async def _acommand(self, op: str, actor: str | None) -> BreakerState:
         seq = self._seq
         reply = await self.backend.arun("breaker_control", self._keys,
                                         (self._now_us(), _CONTROL[op], self.settings.ttl_ms))
-        return self._apply(reply, seq, self._mono()).state
+        state = self._apply(reply, seq, self._mono()).state
+        log = self._audit_log()
+        if log is not None:
+            await log.arecord(_audit.EventType.OPERATOR_OVERRIDE, resource=f"breaker:{self.name}",
+                              principal=actor or "operator",
+                              details={"action": op, "state": state.name})
+        return state
 
-    def force_open(self) -> BreakerState:
+    def force_open(self, *, actor: str | None = None) -> BreakerState:
         """Operator: reject every call in every process until :meth:`reset`.
 
         Operator commands go to the shared backend directly: they raise
-        :class:`~fintech_resilience.BackendUnavailable` rather than change a local copy.
+        :class:`~fintech_resilience.BackendUnavailable` rather than change a local copy. Each one
+        is audited (``operator.override``, principal ``actor``) when an audit log is configured;
+        the same holds for :meth:`disable`, :meth:`metrics_only`, :meth:`reset` and the twins.
         """
-        return self._command("force_open")
+        return self._command("force_open", actor)
 
-    def disable(self) -> BreakerState:
+    def disable(self, *, actor: str | None = None) -> BreakerState:
         """Operator: let every call through, record nothing, until :meth:`reset`."""
-        return self._command("disable")
+        return self._command("disable", actor)
 
-    def metrics_only(self) -> BreakerState:
+    def metrics_only(self, *, actor: str | None = None) -> BreakerState:
         """Operator: let every call through but keep counting (never trips) until :meth:`reset`."""
-        return self._command("metrics_only")
+        return self._command("metrics_only", actor)
 
-    def reset(self) -> BreakerState:
+    def reset(self, *, actor: str | None = None) -> BreakerState:
         """Operator: forget the window, the break growth and any override; CLOSED everywhere."""
-        return self._command("reset")
+        return self._command("reset", actor)
 
-    async def aforce_open(self) -> BreakerState:
+    async def aforce_open(self, *, actor: str | None = None) -> BreakerState:
         """Async twin of :meth:`force_open`."""
-        return await self._acommand("force_open")
+        return await self._acommand("force_open", actor)
 
-    async def adisable(self) -> BreakerState:
+    async def adisable(self, *, actor: str | None = None) -> BreakerState:
         """Async twin of :meth:`disable`."""
-        return await self._acommand("disable")
+        return await self._acommand("disable", actor)
 
-    async def ametrics_only(self) -> BreakerState:
+    async def ametrics_only(self, *, actor: str | None = None) -> BreakerState:
         """Async twin of :meth:`metrics_only`."""
-        return await self._acommand("metrics_only")
+        return await self._acommand("metrics_only", actor)
 
-    async def areset(self) -> BreakerState:
+    async def areset(self, *, actor: str | None = None) -> BreakerState:
         """Async twin of :meth:`reset`."""
-        return await self._acommand("reset")
+        return await self._acommand("reset", actor)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(transition)`` on every transition this process sees."""
@@ -436,14 +475,6 @@ def _report(transition: Transition) -> None:
     telemetry.logger.log(level, "circuit breaker %r: %s -> %s (retry_after=%.3fs)",
                          transition.name, transition.previous.name, transition.state.name,
                          transition.retry_after)
-    if not telemetry.active():
-        return
-    attrs = {telemetry.Attr.PATTERN: "breaker", telemetry.Attr.NAME: transition.name,
-             telemetry.Attr.STATE: transition.state.name,
-             telemetry.Attr.PREVIOUS_STATE: transition.previous.name}
-    _transitions_counter.add(1, attrs)
-    from opentelemetry import trace
-
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.add_event(telemetry.Event.BREAKER_TRANSITION, attrs)
+    if telemetry.active():
+        telemetry.emit_transition(transition.name, transition.state.name,
+                                  transition.previous.name)

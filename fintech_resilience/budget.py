@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from . import _keys, telemetry
+from . import audit as _audit
 from ._clock import Clock
 from .backends.base import Backend, BackendGuard, Fallback, OnBackendError
 from .backends.memory import default_backend
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .audit import AuditLog
 
 __all__ = ["BudgetState", "RetryBudget"]
 
@@ -71,13 +75,17 @@ class RetryBudget:
     :param on_backend_error: ``"allow"`` (default), ``"deny"``, ``"local"`` or ``"raise"``.
     :param ttl: seconds the shared state lives after its last use (default 3600).
     :param clock: pass a ``ManualClock`` in tests; by default the backend's clock decides.
+    :param audit: an :class:`~fintech_resilience.audit.AuditLog` that records each refused retry
+        (``retry_budget.exhausted``); default :func:`fintech_resilience.audit.get_default`.
     """
 
     def __init__(self, name: str, *, backend: Backend | None = None, ratio: float = 0.1,
                  min_per_second: float = 5.0, max_tokens: float = 100.0,
                  on_backend_error: OnBackendError = "allow", ttl: float = 3600.0,
-                 clock: Clock | None = None, namespace: str = _keys.DEFAULT_NAMESPACE) -> None:
+                 clock: Clock | None = None, namespace: str = _keys.DEFAULT_NAMESPACE,
+                 audit: AuditLog | None = None) -> None:
         self.name = _keys.validate_name(name)
+        self.audit = audit
         self.namespace = _keys.validate_name(namespace, "namespace")
         self.ratio = _number(ratio, "ratio", 0.0, 1_000.0, "Write e.g. ratio=0.1 (10% retries).")
         self.min_per_second = _number(min_per_second, "min_per_second", 0.0, 1e6,
@@ -90,7 +98,8 @@ class RetryBudget:
                 "ratio=0 and min_per_second=0 would refuse every retry; use attempts=1 instead")
         self.clock = clock
         self.backend = backend if backend is not None else default_backend()
-        self._guard = BackendGuard("retry_budget", self.name, self.backend, on_backend_error)
+        self._guard = BackendGuard(telemetry.Pattern.RETRY_BUDGET, self.name, self.backend,
+                                   on_backend_error)
         self._keys = [_keys.name_key(self.namespace, "rb", self.name)]
         self._ratio_ppm = round(self.ratio * _UNIT)
         self._cap = round(self.max_tokens * _UNIT)
@@ -133,9 +142,14 @@ class RetryBudget:
 
     def _granted(self, state: BudgetState) -> bool:
         if telemetry.active():
-            telemetry.emit_decision("retry_budget", self.name,
-                                    "allow" if state.granted else "deny")
+            telemetry.emit_decision(telemetry.Pattern.RETRY_BUDGET, self.name,
+                                    telemetry.Decision.ALLOW if state.granted
+                                    else telemetry.Decision.DENY)
         return state.granted > 0
+
+    def _audit_log(self) -> AuditLog | None:
+        """The log a refusal goes to (this budget's, else the process default), or None."""
+        return self.audit if self.audit is not None else _audit.get_default()
 
     # --- sync and async drivers -------------------------------------------------------------
 
@@ -165,13 +179,25 @@ class RetryBudget:
         """Ask for one retry (sending the pending deposits in the same call); True if granted."""
         deposits = self._take_pending()
         result = self._guard.run(SCRIPT, self._keys, self._args(deposits, True))
-        return self._granted(self._state(result, deposits))
+        if self._granted(self._state(result, deposits)):
+            return True
+        log = self._audit_log()
+        if log is not None:
+            log.record(_audit.EventType.RETRY_BUDGET_EXHAUSTED,
+                       resource=f"retry_budget:{self.name}", outcome="failure")
+        return False
 
     async def awithdraw(self) -> bool:
         """Async twin of :meth:`withdraw`."""
         deposits = self._take_pending()
         result = await self._guard.arun(SCRIPT, self._keys, self._args(deposits, True))
-        return self._granted(self._state(result, deposits))
+        if self._granted(self._state(result, deposits)):
+            return True
+        log = self._audit_log()
+        if log is not None:
+            await log.arecord(_audit.EventType.RETRY_BUDGET_EXHAUSTED,
+                              resource=f"retry_budget:{self.name}", outcome="failure")
+        return False
 
     def __repr__(self) -> str:
         return (f"RetryBudget({self.name!r}, ratio={self.ratio}, min_per_second="

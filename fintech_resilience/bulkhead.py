@@ -145,7 +145,8 @@ class Bulkhead:
 
     def _full(self) -> BulkheadFull:
         if telemetry.active():
-            telemetry.emit_decision("bulkhead", self.name, "deny")
+            telemetry.emit_decision(telemetry.Pattern.BULKHEAD, self.name,
+                                    telemetry.Decision.DENY)
         return BulkheadFull(self.name, self.max_concurrent)
 
     def _acquire_local(self) -> None:

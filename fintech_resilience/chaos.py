@@ -71,22 +71,7 @@ PRODUCTION_MARKERS: Final = ("FINTECH_RESILIENCE_ENV", "ENVIRONMENT", "APP_ENV",
 PRODUCTION_VALUES: Final = frozenset({"prod", "production", "live"})
 
 
-class ChaosAttr:
-    """Attribute names chaos adds (to move into ``telemetry.Attr``)."""
-
-    FAULT: Final = "resilience.chaos.fault"
-    LATENCY: Final = "resilience.chaos.latency"
-    RULE: Final = "resilience.chaos.rule"
-    HTTP_STATUS: Final = "http.response.status_code"
-
-
-#: Span event and metric name of an injected fault.
-EVENT_INJECTED: Final = "resilience.chaos.injected"
-METRIC_INJECTED: Final = "resilience.chaos.injected"
-
-injected_counter = telemetry.meter.create_counter(
-    METRIC_INJECTED, unit="{fault}", description="Faults injected by fintech_resilience chaos"
-)
+_Attr = telemetry.Attr
 
 
 class InjectedFault(ConnectionError):
@@ -283,13 +268,13 @@ class Engine:
         with self._lock:
             self.injected[fault] += 1
         if telemetry.active():
-            labels = {telemetry.Attr.PATTERN: "chaos", telemetry.Attr.NAME: self.name,
-                      ChaosAttr.FAULT: fault}
-            injected_counter.add(1, labels)
+            labels = {_Attr.PATTERN: telemetry.Pattern.CHAOS, _Attr.NAME: self.name,
+                      _Attr.CHAOS_FAULT: fault}
+            telemetry.injected_counter.add(1, labels)
             span = _trace.get_current_span()
             if span.is_recording():
-                span.add_event(EVENT_INJECTED, {**labels, ChaosAttr.RULE: rule.name,
-                                                **(extra or {})})
+                span.add_event(telemetry.Event.CHAOS_INJECTED,
+                               {**labels, _Attr.CHAOS_RULE: rule.name, **(extra or {})})
 
     def latency(self, fired: Sequence[Rule]) -> float:
         """Total latency of the fired rules (each recorded)."""
@@ -297,18 +282,18 @@ class Engine:
         for rule in fired:
             if rule.latency:
                 total += rule.latency
-                self.record(rule, "latency", {ChaosAttr.LATENCY: float(rule.latency)})
+                self.record(rule, "latency", {_Attr.CHAOS_LATENCY: float(rule.latency)})
         return total
 
     def failure(self, fired: Sequence[Rule], *, http_edge: bool = False) -> Rule | None:
         """The first fired rule that fails the call (status in HTTP, else exception)."""
         for rule in fired:
             if http_edge and rule.status is not None:
-                self.record(rule, "status", {ChaosAttr.HTTP_STATUS: rule.status})
+                self.record(rule, "status", {_Attr.HTTP_STATUS: rule.status})
                 return rule
             if rule.exception is not None:
                 exc_type = _exception_name(rule)
-                self.record(rule, "exception", {telemetry.Attr.ERROR_TYPE: exc_type})
+                self.record(rule, "exception", {_Attr.ERROR_TYPE: exc_type})
                 return rule
         return None
 

@@ -12,8 +12,16 @@ responses carry the ``RateLimit``/``RateLimit-Policy`` fields; refusals raise
 :class:`RateLimitExceeded` (an ``HTTPException``: 429 with ``Retry-After``, or 503 when the
 backend is down and ``on_backend_error="deny"``).
 
-Idempotency: use :class:`fintech_resilience.asgi.IdempotencyMiddleware` (works under FastAPI).
-An ``Idempotency`` *dependency* is planned in this module; it is not here yet.
+Idempotency is a middleware, not a dependency: a dependency cannot hold back, store and replay
+the response the endpoint produces. :func:`install_idempotency` adds
+:class:`fintech_resilience.asgi.IdempotencyMiddleware` to the app (options validated at once),
+and the :func:`idempotency_context` dependency hands the endpoint the running key's fencing token
+and downstream key:
+
+>>> install_idempotency(app, store, scope=lambda scope: scope["state"]["principal"])
+>>> @app.post("/payments")                                                # doctest: +SKIP
+... async def pay(body: PaymentIn,
+...               ctx: IdempotencyContext | None = Depends(idempotency_context)): ...
 """
 
 from __future__ import annotations
@@ -25,12 +33,15 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
+from ._asgi_idempotency import IdempotencyMiddleware
 from ._ratelimit_http import KeyFunc, RateLimitCore, Verdict
 from .backends.base import Backend, OnBackendError
 from .errors import ConfigurationError
+from .idempotency import IdempotencyContext, IdempotencyStore, current_idempotency
 from .ratelimit import Algorithm, Decision, RateLimiter
 
-__all__ = ["RateLimit", "RateLimitExceeded", "install"]
+__all__ = ["RateLimit", "RateLimitExceeded", "idempotency_context", "install",
+           "install_idempotency"]
 
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -143,3 +154,31 @@ class RateLimit:
 
     def __repr__(self) -> str:
         return f"RateLimit({self._spec!r})"
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never run
+    raise RuntimeError("placeholder app used only to validate the options")
+
+
+def install_idempotency(app: FastAPI, store: IdempotencyStore, *,
+                        scope: Callable[[Any], Any] | None = None, **options: Any) -> None:
+    """Add :class:`~fintech_resilience.asgi.IdempotencyMiddleware` to ``app``: the supported way
+    to make FastAPI endpoints idempotent.
+
+    ``scope`` and ``options`` (``methods``, ``required``, ``global_scope``, ``header``,
+    ``max_body_bytes``, ...) are the middleware's and are validated here, at once. Middleware added
+    later wraps this one: call this *before* adding your authentication middleware, so the
+    principal ``scope`` reads is already set when the key is looked up.
+    """
+    IdempotencyMiddleware(_no_app, store=store, scope=scope, **options)  # raises on bad options
+    app.add_middleware(IdempotencyMiddleware, store=store, scope=scope, **options)
+
+
+async def idempotency_context() -> IdempotencyContext | None:
+    """A dependency: the running idempotency key's context (``fencing_token``,
+    ``downstream_key(purpose)``), or None when the request carries no key.
+
+    ``ctx: IdempotencyContext | None = Depends(idempotency_context)``; send
+    ``ctx.downstream_key("charge")`` as the PSP's ``Idempotency-Key``.
+    """
+    return current_idempotency()

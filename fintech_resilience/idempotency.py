@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from . import _keys, telemetry
+from . import audit as _audit
 from ._clock import Clock
 from ._http import RedactorLike
 from ._idempotency_record import (
@@ -83,7 +84,14 @@ KeyArg = str | bytes | int
 #: Structured, audit-ready records of every outcome (the key and principal appear hashed only).
 AUDIT_LOGGER: Final = "fintech_resilience.audit"
 audit_log = logging.getLogger(AUDIT_LOGGER)
-PATTERN: Final = "idempotency"
+PATTERN: Final = telemetry.Pattern.IDEMPOTENCY
+#: Claim outcomes written to the AuditLog (when one is configured), and their event types.
+_AUDITED: Final = {
+    ClaimOutcome.REPLAY.value: _audit.EventType.IDEMPOTENT_REPLAY,
+    ClaimOutcome.IN_PROGRESS.value: _audit.EventType.IDEMPOTENCY_CONFLICT,
+    ClaimOutcome.MISMATCH.value: _audit.EventType.IDEMPOTENCY_MISMATCH,
+    ClaimOutcome.OUTCOME_UNKNOWN.value: _audit.EventType.IDEMPOTENCY_OUTCOME_UNKNOWN,
+}
 _KIND: Final = "idem"
 
 
@@ -189,6 +197,10 @@ class IdempotencyStore:
     :param check_eviction: on a Redis backend, read ``maxmemory-policy`` once at construction and
         log a warning if Redis may evict records (anything but ``noeviction``). Nothing is raised
         if Redis cannot be reached.
+    :param audit: an :class:`~fintech_resilience.audit.AuditLog` for replays, conflicts (in
+        progress), mismatches and unknown outcomes (key hashed; principal and origination as
+        given to :meth:`claim`); default :func:`fintech_resilience.audit.get_default`. Those
+        outcomes then go to the log instead of the ``fintech_resilience.audit`` logger.
     """
 
     def __init__(self, backend: Backend | None = None, *, ttl: float = 86_400.0,
@@ -197,7 +209,9 @@ class IdempotencyStore:
                  cipher: Cipher | None = None, on_backend_error: OnBackendError = "deny",
                  reclaim_expired: bool = False, renew: bool = True, wait_replicas: int = 0,
                  wait_timeout: float = 0.1, unavailable_retry_after: float = 1.0,
-                 clock: Clock | None = None, check_eviction: bool = True) -> None:
+                 clock: Clock | None = None, check_eviction: bool = True,
+                 audit: _audit.AuditLog | None = None) -> None:
+        self.audit_log = audit
         self.ttl = _number(ttl, "ttl", 0, 366 * 86_400)
         self.lease = _number(lease, "lease", 0, 86_400)
         if self.ttl < self.lease:
@@ -298,21 +312,45 @@ class IdempotencyStore:
                    reclaimed=claim.reclaimed)
         return claim
 
-    def claim(self, record_key: str, fingerprint: str) -> Claim:
+    def claim(self, record_key: str, fingerprint: str, *, principal: str | None = None,
+              origination: str | None = None) -> Claim:
         """Claim ``record_key`` in one round trip; see the module docstring for the outcomes.
 
+        ``principal`` and ``origination`` (client address) go into the audit record of a replay,
+        conflict, mismatch or unknown outcome when an audit log is configured.
         Raises :class:`~fintech_resilience.BackendUnavailable` when the backend fails and
         ``on_backend_error`` is ``"deny"`` or ``"raise"``.
         """
         owner, args = self._claim_args(fingerprint)
-        return self._claimed(record_key, owner,
-                             self._guard.run("idempotency_claim", [record_key], args))
+        claim = self._claimed(record_key, owner,
+                              self._guard.run("idempotency_claim", [record_key], args))
+        if claim.outcome is not ClaimOutcome.EXECUTE:
+            log = _audit.resolve(self.audit_log)
+            if log is not None:
+                log.record(_AUDITED[claim.outcome.value], **self._audit_fields(
+                    claim, principal, origination))
+        return claim
 
-    async def aclaim(self, record_key: str, fingerprint: str) -> Claim:
+    async def aclaim(self, record_key: str, fingerprint: str, *, principal: str | None = None,
+                     origination: str | None = None) -> Claim:
         """Async twin of :meth:`claim`."""
         owner, args = self._claim_args(fingerprint)
-        return self._claimed(record_key, owner,
-                             await self._guard.arun("idempotency_claim", [record_key], args))
+        claim = self._claimed(record_key, owner,
+                              await self._guard.arun("idempotency_claim", [record_key], args))
+        if claim.outcome is not ClaimOutcome.EXECUTE:
+            log = _audit.resolve(self.audit_log)
+            if log is not None:
+                await log.arecord(_AUDITED[claim.outcome.value], **self._audit_fields(
+                    claim, principal, origination))
+        return claim
+
+    def _audit_fields(self, claim: Claim, principal: str | None,
+                      origination: str | None) -> dict[str, Any]:
+        """The fields of an idempotency audit record: the key only as its hash, never a body."""
+        return {"resource": f"{PATTERN}:{self.name}", "principal": principal,
+                "origination": origination,
+                "outcome": "success" if claim.outcome is ClaimOutcome.REPLAY else "failure",
+                "details": {"key_hash": claim.key_hash, "fencing_token": claim.fencing_token}}
 
     # -- complete / release / renew ----------------------------------------------------------------
     def encode(self, claim: Claim, response: StoredResponse) -> bytes:
@@ -468,6 +506,8 @@ class IdempotencyStore:
                 telemetry.Attr.KEY_HASH: key_hash,
                 telemetry.Attr.FENCING_TOKEN: fencing_token,
             })
+        if outcome in _AUDITED and _audit.resolve(self.audit_log) is not None:
+            return  # claim()/aclaim() write it to the AuditLog
         if audit_log.isEnabledFor(level):
             record = {"event": f"idempotency.{outcome}", "pattern": PATTERN, "name": self.name,
                       "outcome": outcome, "key_hash": key_hash, "fencing_token": fencing_token,
@@ -603,18 +643,19 @@ def idempotent(store: IdempotencyStore, *, key: Callable[..., KeyArg],
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         name = route or f"{fn.__module__}.{fn.__qualname__}"
 
-        def prepare(args: Any, kwargs: Any) -> tuple[str, str]:
-            record = store.record_key(key(*args, **kwargs), scope=scope_of(*args, **kwargs),
-                                      method="CALL", route=name)
+        def prepare(args: Any, kwargs: Any) -> tuple[str, str, str | None]:
+            who = scope_of(*args, **kwargs)
+            record = store.record_key(key(*args, **kwargs), scope=who, method="CALL", route=name)
             fp = store.fingerprint(fingerprint(*args, **kwargs) if fingerprint else b"")
-            return record, fp
+            return record, fp, None if scope is None else str(who)
 
         if inspect.iscoroutinefunction(fn):
             afn = cast(Callable[P, Awaitable[Any]], fn)
 
             @functools.wraps(fn)
             async def awrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                claim = await store.aclaim(*prepare(args, kwargs))
+                record, fp, who = prepare(args, kwargs)
+                claim = await store.aclaim(record, fp, principal=who)
                 if claim.outcome is not ClaimOutcome.EXECUTE:
                     return duplicate_outcome(claim.outcome, claim.retry_after, claim.response, ser,
                                          stored_types)
@@ -634,7 +675,8 @@ def idempotent(store: IdempotencyStore, *, key: Callable[..., KeyArg],
 
         @functools.wraps(fn)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            claim = store.claim(*prepare(args, kwargs))
+            record, fp, who = prepare(args, kwargs)
+            claim = store.claim(record, fp, principal=who)
             if claim.outcome is not ClaimOutcome.EXECUTE:
                 return cast(R, duplicate_outcome(claim.outcome, claim.retry_after, claim.response,
                                                  ser, stored_types))

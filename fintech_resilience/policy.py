@@ -18,6 +18,10 @@ entry and records the outcome on exit fits (:class:`~fintech_resilience.CircuitB
 
 As a context manager (``with policy:`` / ``async with policy:``) the same order applies, minus
 the retry: a ``with`` block cannot be run again.
+
+Telemetry (with an OpenTelemetry SDK installed): each :meth:`Policy.call` / :meth:`Policy.acall`
+runs in a ``resilience.call`` span and adds a point to the ``resilience.call.duration`` histogram
+(seconds); an attempt that overruns its timeout adds a ``timeout`` / ``expired`` decision.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, runtime_checkable
 
-from . import _keys
+from . import _keys, telemetry
 from .bulkhead import Bulkhead
-from .errors import ConfigurationError, RateLimited
+from .errors import ConfigurationError, RateLimited, Timeout
 from .ratelimit import RateLimiter
 from .retry import Retry, current_attempt
 from .timeout import TimeLimit
@@ -114,22 +119,36 @@ class Policy:
 
     @contextlib.contextmanager
     def _attempt(self) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            if self.breaker is not None:
-                stack.enter_context(cast(contextlib.AbstractContextManager[Any], self.breaker))
-            if self.timeout is not None:
-                stack.enter_context(self.timeout.limit(self._seconds()))
-            yield
+        try:
+            with contextlib.ExitStack() as stack:
+                if self.breaker is not None:
+                    stack.enter_context(cast(contextlib.AbstractContextManager[Any],
+                                             self.breaker))
+                if self.timeout is not None:
+                    stack.enter_context(self.timeout.limit(self._seconds()))
+                yield
+        except Timeout:
+            self._timed_out()
+            raise
 
     @contextlib.asynccontextmanager
     async def _aattempt(self) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            if self.breaker is not None:
-                await stack.enter_async_context(
-                    cast(contextlib.AbstractAsyncContextManager[Any], self.breaker))
-            if self.timeout is not None:
-                await stack.enter_async_context(self.timeout.alimit(self._seconds()))
-            yield
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if self.breaker is not None:
+                    await stack.enter_async_context(
+                        cast(contextlib.AbstractAsyncContextManager[Any], self.breaker))
+                if self.timeout is not None:
+                    await stack.enter_async_context(self.timeout.alimit(self._seconds()))
+                yield
+        except Timeout:
+            self._timed_out()
+            raise
+
+    def _timed_out(self) -> None:
+        if self.timeout is not None and telemetry.active():
+            telemetry.emit_decision(telemetry.Pattern.TIMEOUT, self.timeout.name,
+                                    telemetry.Decision.EXPIRED)
 
     # --- the whole call: rate limit -> bulkhead -> (retry) ------------------------------------
 
@@ -156,7 +175,21 @@ class Policy:
 
     def call(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Call ``fn(*args, **kwargs)`` under the policy (sync)."""
+        if not telemetry.active():
+            return self._call(fn, args, kwargs)
+        with telemetry.call_span(telemetry.Pattern.POLICY, self.name):
+            started = time.perf_counter()
+            try:
+                result = self._call(fn, args, kwargs)
+            except BaseException as exc:
+                telemetry.record_call(telemetry.Pattern.POLICY, self.name,
+                                      time.perf_counter() - started, exc)
+                raise
+            telemetry.record_call(telemetry.Pattern.POLICY, self.name,
+                                  time.perf_counter() - started, None)
+            return result
 
+    def _call(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         def attempt(*a: Any, **k: Any) -> R:
             with self._attempt():
                 return fn(*a, **k)
@@ -168,7 +201,22 @@ class Policy:
 
     async def acall(self, fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any) -> R:
         """Await ``fn(*args, **kwargs)`` under the policy (async)."""
+        if not telemetry.active():
+            return await self._acall(fn, args, kwargs)
+        with telemetry.call_span(telemetry.Pattern.POLICY, self.name):
+            started = time.perf_counter()
+            try:
+                result = await self._acall(fn, args, kwargs)
+            except BaseException as exc:
+                telemetry.record_call(telemetry.Pattern.POLICY, self.name,
+                                      time.perf_counter() - started, exc)
+                raise
+            telemetry.record_call(telemetry.Pattern.POLICY, self.name,
+                                  time.perf_counter() - started, None)
+            return result
 
+    async def _acall(self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> R:
         async def attempt(*a: Any, **k: Any) -> R:
             async with self._aattempt():
                 return await fn(*a, **k)

@@ -31,6 +31,7 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar, cast
 import limits as _limits
 
 from . import _keys, telemetry
+from . import audit as _audit
 from ._clock import Clock
 from .backends.base import ALLOW, Backend, BackendGuard, Fallback, LocalReply, OnBackendError
 from .backends.memory import MemoryBackend, default_backend
@@ -114,7 +115,7 @@ class Decision:
     process alone); it is None for decisions taken by the backend itself.
     """
 
-    __slots__ = ("_limiter", "_raw", "allowed", "fallback", "shadowed")
+    __slots__ = ("_limiter", "_limits", "_raw", "_tight", "allowed", "fallback", "shadowed")
 
     def __init__(self, allowed: bool, raw: Sequence[int], limiter: RateLimiter,
                  shadowed: bool = False, fallback: str | None = None) -> None:
@@ -123,40 +124,74 @@ class Decision:
         self.fallback = fallback
         self._raw = raw
         self._limiter = limiter
+        self._limits: tuple[LimitStatus, ...] | None = None
+        self._tight = -1
+
+    @property
+    def measured(self) -> bool:
+        """False when an ``on_backend_error`` policy allowed or denied without any counter."""
+        return bool(self._raw)
 
     @property
     def limits(self) -> tuple[LimitStatus, ...]:
         """Every limit of the limiter, in the order of ``RateLimiter.rates``."""
-        raw, rates = self._raw, self._limiter.rates
-        if not raw:  # decided by on_backend_error: nothing is known about the counters
-            return tuple(LimitStatus(r.amount, float(r.period), r.amount if self.allowed else 0,
-                                     0.0, r.text) for r in rates)
-        return tuple(
-            LimitStatus(r.amount, float(r.period), int(raw[2 * i + 2]),
-                        raw[2 * i + 3] / 1_000_000, r.text)
-            for i, r in enumerate(rates)
-        )
+        if self._limits is None:
+            raw, rates = self._raw, self._limiter.rates
+            if not raw:  # decided by on_backend_error: nothing is known about the counters
+                self._limits = tuple(
+                    LimitStatus(r.amount, float(r.period), r.amount if self.allowed else 0, 0.0,
+                                r.text) for r in rates)
+            else:
+                self._limits = tuple(
+                    LimitStatus(r.amount, float(r.period), int(raw[2 * i + 2]),
+                                raw[2 * i + 3] / 1_000_000, r.text)
+                    for i, r in enumerate(rates))
+        return self._limits
+
+    def _index(self) -> int:
+        """Index of the tightest limit: fewest remaining, then the longest to reset."""
+        i = self._tight
+        if i < 0:
+            raw, rates = self._raw, self._limiter.rates
+            if len(rates) == 1:
+                i = 0
+            elif raw:
+                i = min(range(len(rates)), key=lambda j: (int(raw[2 * j + 2]), -raw[2 * j + 3]))
+            else:
+                i = min(range(len(rates)),
+                        key=lambda j: rates[j].amount if self.allowed else 0)
+            self._tight = i
+        return i
 
     @property
     def tightest(self) -> LimitStatus:
         """The limit closest to exhaustion (fewest remaining; then the longest to reset)."""
-        return min(self.limits, key=lambda s: (s.remaining, -s.reset_after))
+        return self.limits[self._index()]
 
     @property
     def limit(self) -> int:
-        return self.tightest.limit
+        return self._limiter.rates[self._index()].amount
 
     @property
     def remaining(self) -> int:
-        return self.tightest.remaining
+        i = self._index()
+        if not self._raw:
+            return self._limiter.rates[i].amount if self.allowed else 0
+        return int(self._raw[2 * i + 2])
 
     @property
     def reset_after(self) -> float:
-        return self.tightest.reset_after
+        return self._raw[2 * self._index() + 3] / 1_000_000 if self._raw else 0.0
 
     @property
     def policy(self) -> str:
-        return self.tightest.policy
+        return self._limiter.rates[self._index()].text
+
+    @property
+    def policy_label(self) -> str:
+        """The tightest limit's item name in the HTTP fields (``"api"``, or ``"api-1"``)."""
+        limiter = self._limiter
+        return limiter.name if len(limiter.rates) == 1 else f"{limiter.name}-{self._index()}"
 
     @property
     def retry_after(self) -> float:
@@ -166,23 +201,37 @@ class Decision:
         wait = self._raw[1]
         return math.inf if wait < 0 else wait / 1_000_000
 
+    def ratelimit_field(self) -> str | None:
+        """The IETF ``RateLimit`` field: the tightest limit as ``"<policy>";r=<remaining>;t=<s>``.
+
+        ``t`` is the effective window (draft-ietf-httpapi-ratelimit-headers): the whole seconds
+        within which the client can use no more than ``r`` - for GCRA the time until one more
+        unit is available, for the window algorithms the time until the window resets. None when
+        an ``on_backend_error`` policy decided (nothing was measured: the field is omitted).
+        """
+        raw = self._raw
+        if not raw:
+            return None
+        i = self._index()
+        remaining = int(raw[2 * i + 2])
+        wait_us: float = raw[2 * i + 3]
+        if self._limiter.algorithm == "gcra" and wait_us > 0:
+            # the next unit arrives when tau - (tat - now) reaches (remaining + 1) intervals;
+            # 1 microsecond of tolerance absorbs the reply's rounding to whole microseconds
+            tail = self._limiter._tail
+            next_us = wait_us - tail[2 * i + 1] + (remaining + 1) * tail[2 * i]
+            wait_us = min(wait_us, max(0.0, next_us - 1))
+        return f'"{self.policy_label}";r={remaining};t={math.ceil(wait_us / 1_000_000)}'
+
     def headers(self, *, retry_after: bool = True) -> dict[str, str]:
-        """The IETF ``RateLimit``/``RateLimit-Policy`` fields (and ``Retry-After`` if refused)."""
-        name = self._limiter.name
-        statuses = self.limits
-        policy = ", ".join(
-            f'"{name}-{i}";q={s.limit};w={int(s.window)}' if len(statuses) > 1
-            else f'"{name}";q={s.limit};w={int(s.window)}'
-            for i, s in enumerate(statuses)
-        )
-        tight = min(range(len(statuses)),
-                    key=lambda i: (statuses[i].remaining, -statuses[i].reset_after))
-        s = statuses[tight]
-        label = f"{name}-{tight}" if len(statuses) > 1 else name
-        out = {
-            "RateLimit-Policy": policy,
-            "RateLimit": f'"{label}";r={s.remaining};t={math.ceil(s.reset_after)}',
-        }
+        """The IETF ``RateLimit``/``RateLimit-Policy`` fields (and ``Retry-After`` if refused).
+
+        ``RateLimit`` is omitted when an ``on_backend_error`` policy decided (nothing measured).
+        """
+        out = {"RateLimit-Policy": self._limiter.policy_field}
+        item = self.ratelimit_field()
+        if item is not None:
+            out["RateLimit"] = item
         if retry_after and not self.allowed:
             wait = self.retry_after
             if not math.isinf(wait):
@@ -230,13 +279,16 @@ class RateLimiter:
     :param deny_retry_after: ``retry_after`` reported when ``on_backend_error="deny"`` refuses.
     :param clock: pass a :class:`~fintech_resilience.testing.ManualClock` to drive time in tests;
         by default the backend's clock decides (Redis ``TIME``).
+    :param audit: where refusals are audited (``ratelimit.limit_hit``); default the process-wide
+        :func:`fintech_resilience.audit.get_default` log, if one is set.
     """
 
     def __init__(self, limits: str | Sequence[str], *, backend: Backend | None = None,
                  algorithm: Algorithm = "gcra", name: str = "default", burst: int | None = None,
                  shadow: bool = False, on_backend_error: OnBackendError = "local",
                  deny_retry_after: float = 1.0, clock: Clock | None = None,
-                 namespace: str = _keys.DEFAULT_NAMESPACE) -> None:
+                 namespace: str = _keys.DEFAULT_NAMESPACE,
+                 audit: _audit.AuditLog | None = None) -> None:
         if algorithm not in ALGORITHMS:
             raise ConfigurationError(
                 f"algorithm must be one of {', '.join(ALGORITHMS)}; got {algorithm!r}"
@@ -246,6 +298,7 @@ class RateLimiter:
         if burst is not None and algorithm != "gcra":
             raise ConfigurationError("burst applies to algorithm='gcra' only")
         self.rates = parse_limits(limits)
+        self.audit = audit
         self.algorithm: Algorithm = algorithm
         self.name = _keys.validate_name(name)
         self.namespace = _keys.validate_name(namespace, "namespace")
@@ -271,6 +324,10 @@ class RateLimiter:
                 tail += [rate.amount, period_us]
         self._tail = tuple(tail)
         self._suffixes = tuple(f":{i}" for i in range(len(self.rates)))
+        #: the IETF ``RateLimit-Policy`` field of this limiter (configuration only: built once)
+        self.policy_field = ", ".join(
+            f'"{self.name}{"" if len(self.rates) == 1 else f"-{i}"}";q={r.amount};w={r.period}'
+            for i, r in enumerate(self.rates))
 
     @property
     def on_backend_error(self) -> OnBackendError:
@@ -300,6 +357,8 @@ class RateLimiter:
                 decision = Decision(True, result, self, shadowed=True, fallback=local)
             else:
                 decision = Decision(False, result, self, fallback=local)
+                if self.audit is not None or _audit._DEFAULT[0] is not None:
+                    _audit_limit_hit(self, decision)
         if telemetry.active():
             self._emit(decision, cost)
         return decision
@@ -307,7 +366,7 @@ class RateLimiter:
     def _emit(self, decision: Decision, cost: int) -> None:
         outcome = ("shadow_deny" if decision.shadowed
                    else "allow" if decision.allowed else "deny")
-        telemetry.emit_decision("ratelimit", self.name, outcome, {
+        telemetry.emit_decision(telemetry.Pattern.RATELIMIT, self.name, outcome, {
             telemetry.Attr.ALGORITHM: self.algorithm,
             telemetry.Attr.POLICY: decision.policy,
             telemetry.Attr.REMAINING: decision.remaining,
@@ -362,3 +421,13 @@ class RateLimiter:
         rates = "; ".join(r.text for r in self.rates)
         return (f"RateLimiter({rates!r}, name={self.name!r}, algorithm={self.algorithm!r},"
                 f" backend={self.backend!r})")
+
+
+def _audit_limit_hit(limiter: RateLimiter, decision: Decision) -> None:
+    """Audit a refusal (``ratelimit.limit_hit``) to the limiter's audit log, unless an HTTP edge
+    decides this request and audits it itself (with the client's principal and address)."""
+    log = _audit.resolve(limiter.audit)
+    if log is not None and not _audit.edge_audits.get():
+        _audit.emit_soon(log, log.build(_audit.EventType.LIMIT_HIT,
+                                        resource=f"ratelimit:{limiter.name}",
+                                        outcome="failure", details={"policy": decision.policy}))

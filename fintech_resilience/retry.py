@@ -72,7 +72,8 @@ KeySpec = Literal["auto"] | Callable[..., str | None] | None
 
 #: Failures that are decisions, not transient faults: retrying them only adds load.
 NEVER_RETRIED: Final = (CircuitOpen, RetryBudgetExhausted)
-SPAN_NAME: Final = "resilience.retry.attempt"
+#: The span of one attempt (``telemetry.Span.RETRY_ATTEMPT``).
+SPAN_NAME: Final = telemetry.Span.RETRY_ATTEMPT
 _WITHDRAW: Final = object()
 
 
@@ -296,8 +297,11 @@ class Retry:
                 return self._give_up(outcome)
             if self.budget is not None and not (yield _WITHDRAW):
                 if telemetry.active():
-                    telemetry.emit_decision("retry", self.name, "budget_exhausted")
+                    telemetry.emit_decision(telemetry.Pattern.RETRY, self.name,
+                                            telemetry.Decision.BUDGET_EXHAUSTED)
                 raise RetryBudgetExhausted(self.budget.name) from exc
+            if telemetry.active():
+                telemetry.emit_retry(self.name, outcome.attempt, wait, exc)
             if self.before_sleep is not None:
                 self.before_sleep(RetryDetails(self.name, outcome.attempt, wait, outcome,
                                                call.key))
@@ -460,7 +464,7 @@ class Retry:
 @contextlib.contextmanager
 def _attempt_span(name: str, number: int, wait: float) -> Iterator[Span | None]:
     attributes: dict[str, str | int | float] = {
-        telemetry.Attr.PATTERN: "retry", telemetry.Attr.NAME: name,
+        telemetry.Attr.PATTERN: telemetry.Pattern.RETRY, telemetry.Attr.NAME: name,
         telemetry.Attr.ATTEMPT: number, telemetry.Attr.WAIT: wait}
     with telemetry.tracer.start_as_current_span(
             SPAN_NAME, attributes=attributes, record_exception=False,
@@ -470,10 +474,13 @@ def _attempt_span(name: str, number: int, wait: float) -> Iterator[Span | None]:
 
 def _end_span(span: Span, outcome: Outcome) -> None:
     if outcome.exception is None:
-        span.set_attribute(telemetry.Attr.OUTCOME, "success")
+        span.set_attribute(telemetry.Attr.OUTCOME, telemetry.Decision.SUCCESS)
     else:
-        span.set_attribute(telemetry.Attr.OUTCOME, "failure")
-        span.set_attribute(telemetry.Attr.ERROR_TYPE, type(outcome.exception).__qualname__)
+        span.set_attribute(telemetry.Attr.OUTCOME, telemetry.Decision.FAILURE)
+        # an exception may name its own error.type (an HTTP failure uses its status code)
+        error_type = getattr(outcome.exception, "error_type", None)
+        span.set_attribute(telemetry.Attr.ERROR_TYPE, error_type if isinstance(error_type, str)
+                           else type(outcome.exception).__qualname__)
 
 
 def retry(

@@ -9,11 +9,12 @@ files run as without an SDK. Patterns that join the scenario add a step to STEPS
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,18 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import ProxyTracer
 from opentelemetry.util._once import Once
 
-from fintech_resilience import RateLimiter, RedisBackend, telemetry
-from fintech_resilience._chaos_asgi import ChaosMiddleware
-from fintech_resilience.audit import AuditLog, AuditRecord, CallbackSink
-from fintech_resilience.chaos import Rule, inject
-from fintech_resilience.redaction import luhn_valid
+from fintech_resilience import RateLimiter, telemetry
+from fintech_resilience._asgi_idempotency import IdempotencyMiddleware
+from fintech_resilience._asgi_ratelimit import RateLimitMiddleware
+from fintech_resilience.audit import AuditLog, CallbackSink
+from fintech_resilience.backends.memory import MemoryBackend
+from fintech_resilience.chaos import inject
+from fintech_resilience.idempotency import IdempotencyStore
+from fintech_resilience.redaction import Redactor, luhn_valid
 from fintech_resilience.testing import ManualClock
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "telemetry.md"
+TOUR = Path(__file__).resolve().parent.parent / "examples" / "telemetry_tour.py"
 
 
 @dataclass
@@ -58,7 +63,8 @@ class Sdk:
                 for metric in scope.metrics:
                     for point in metric.data.data_points:  # type: ignore[union-attr]
                         key = (metric.name, tuple(sorted(point.attributes.items())))
-                        out[key] = point.value  # type: ignore[union-attr]
+                        out[key] = (point.count if hasattr(point, "bucket_counts")
+                                    else point.value)
         return out
 
 
@@ -124,12 +130,22 @@ class Row:
     attributes: frozenset[str]
     built: bool
 
+    @property
+    def patterns(self) -> frozenset[str]:
+        """The ``resilience.pattern`` values of the row ("*" for every pattern)."""
+        if "every pattern" in self.emitter:
+            return frozenset({"*"})
+        return frozenset(p.split("(")[0].strip() for p in self.emitter.split(","))
+
+    def covers(self, pattern: str | None) -> bool:
+        return "*" in self.patterns or pattern in self.patterns
+
 
 def documented() -> list[Row]:
     rows = []
     for line in DOCS.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 5 or cells[0] not in ("event", "metric", "span"):
+        if len(cells) != 5 or cells[0] not in ("event", "metric", "span", "attributes"):
             continue
         name = re.findall(r"`([^`]+)`", cells[1])[0]
         attributes = frozenset(re.findall(r"`([a-z_.]+)`", cells[3]))
@@ -137,95 +153,166 @@ def documented() -> list[Row]:
     return rows
 
 
-# -- the scenario ----------------------------------------------------------------------------------
-def step_ratelimit() -> None:
-    limiter = RateLimiter("2/second", name="payments", clock=ManualClock(1_700_000_000.0))
-    for _ in range(3):
-        limiter.acquire("merchant:4111111111111111")
+def _row(rows: list[Row], kind: str, name: str, attrs: Mapping[str, Any]) -> Row:
+    """The documented row an emitted item belongs to (by kind, name and pattern)."""
+    found = [r for r in rows if r.kind == kind and r.name == name
+             and r.covers(attrs.get("resilience.pattern"))]
+    assert len(found) == 1, (kind, name, dict(attrs), found)
+    return found[0]
 
 
-def step_backend_fallback() -> None:
-    dead = RedisBackend.from_url("redis://127.0.0.1:1/0", timeout=0.2)
-    limiter = RateLimiter("2/second", name="fallback", backend=dead, on_backend_error="allow")
-    limiter.acquire("k")
+# -- the scenario (shared with examples/telemetry_tour.py, which renders docs/telemetry-run.md) ----
+def _load_tour() -> Any:
+    spec = importlib.util.spec_from_file_location("telemetry_tour", TOUR)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["telemetry_tour"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def step_chaos_callable() -> None:
-    psp = inject(latency=0.05, error_rate=1.0, exception=TimeoutError, dependency="psp-acme",
-                 enabled=True, seed=1, sleep=lambda s: None)(lambda: "ok")
-    with pytest.raises(TimeoutError):
-        psp()
-
-
-def step_chaos_http() -> None:
-    import asyncio
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - not reached
-        raise AssertionError
-
-    async def noop(message: Any) -> None:
-        return None
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request"}
-
-    mw = ChaosMiddleware(app, rules=[Rule(status=503, route="/pay")], enabled=True, name="api")
-    asyncio.run(mw({"type": "http", "path": "/pay", "method": "POST"}, receive, noop))
-
-
-STEPS: list[Callable[[], None]] = [
-    step_ratelimit, step_backend_fallback, step_chaos_callable, step_chaos_http,
-]
-#: Emitters covered by STEPS; rows of other emitters are pending until their step is added.
-COVERED = {"ratelimit", "every pattern (BackendGuard)", "chaos"}
+tour = _load_tour()
+STEPS: list[Callable[[ManualClock], None]] = tour.STEPS
+#: Emitters covered by STEPS (every row of docs/telemetry.md is built and covered).
+COVERED = {"ratelimit", "concurrency", "breaker", "retry", "retry_budget", "bulkhead", "timeout",
+           "policy", "idempotency", "shedding", "chaos", "*"}
 
 
 def test_the_scenario_emits_exactly_the_documented_names_and_attributes(fresh: Sdk) -> None:
-    audit_seen: list[AuditRecord] = []
-    audit = AuditLog([CallbackSink(audit_seen.append)])
     before = fresh.metric_points()
-    with fresh.tracer.start_as_current_span("checkout") as span:
-        for step in STEPS:
-            step()
-        audit.record("ratelimit.limit_hit", resource="ratelimit:payments", outcome="failure")
+    records = tour.scenario(STEPS)
     after = fresh.metric_points()
-    [exported] = [s for s in fresh.spans.get_finished_spans() if s.name == "checkout"]
-
+    spans = fresh.spans.get_finished_spans()
     rows = documented()
-    events = {(r.name): r for r in rows if r.kind == "event" and r.built}
-    seen_events = {e.name for e in exported.events}
-    assert seen_events == set(events)
-    for event in exported.events:
-        assert set(event.attributes or {}) <= events[event.name].attributes, event.name
-    ratelimit = [e.attributes for e in exported.events
-                 if (e.attributes or {}).get("resilience.pattern") == "ratelimit"]
-    assert [a["resilience.decision"] for a in ratelimit if a["resilience.name"] == "payments"] == [
-        "allow", "allow", "deny"]
-    faults = sorted((a["resilience.name"], a["resilience.chaos.fault"]) for a in
-                    (e.attributes for e in exported.events)
-                    if a and a.get("resilience.pattern") == "chaos")
-    assert faults == [("api", "status"), ("psp-acme", "exception"), ("psp-acme", "latency")]
+    assert all(r.built for r in rows)
+    assert set().union(*(r.patterns for r in rows)) <= COVERED
+    seen: set[Row] = set()
 
-    metric_rows = {r.name: r for r in rows if r.kind == "metric" and r.built}
+    for span in spans:
+        attrs = dict(span.attributes or {})
+        if span.name.startswith("resilience."):
+            row = _row(rows, "span", span.name, attrs)
+        elif "resilience.pattern" in attrs:
+            row = _row(rows, "attributes", "current span", attrs)
+        else:
+            row = None
+        if row is not None:
+            assert set(attrs) <= row.attributes, (span.name, attrs)
+            seen.add(row)
+        for event in span.events:
+            event_attrs = dict(event.attributes or {})
+            row = _row(rows, "event", event.name, event_attrs)
+            assert set(event_attrs) <= row.attributes, (event.name, event_attrs)
+            if row.patterns != {"*"}:
+                assert event_attrs["resilience.pattern"] in row.patterns
+            seen.add(row)
+
     changed = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-    assert {name for name, _ in changed} == set(metric_rows)
-    for name, attrs in changed:
-        assert {k for k, _ in attrs} <= metric_rows[name].attributes, name
-    assert changed[("resilience.decisions", (("resilience.decision", "allow"),
-                                             ("resilience.name", "payments"),
-                                             ("resilience.pattern", "ratelimit")))] == 2
-    assert changed[("resilience.decisions", (("resilience.decision", "deny"),
-                                             ("resilience.name", "payments"),
-                                             ("resilience.pattern", "ratelimit")))] == 1
-    assert changed[("resilience.chaos.injected", (("resilience.chaos.fault", "latency"),
-                                                  ("resilience.name", "psp-acme"),
-                                                  ("resilience.pattern", "chaos")))] == 1
-    # every documented built row is covered by the scenario
-    assert all(r.emitter in COVERED for r in rows if r.built)
+    gauges = {k: v for k, v in after.items() if k[0] == "resilience.breaker.state"}
+    for name, attrs in [*changed, *gauges]:
+        mapping = dict(attrs)
+        row = _row(rows, "metric", name, mapping)
+        assert set(mapping) <= row.attributes, (name, mapping)
+        seen.add(row)
+    # every documented row was emitted by the scenario, and nothing else was
+    assert seen == set(rows), set(rows) - seen
+
+    # ... with the values the scenario implies
+    def decisions(pattern: str, name: str) -> list[Any]:
+        return [e.attributes["resilience.decision"] for s in spans for e in s.events
+                if e.name == "resilience.decision" and e.attributes
+                and e.attributes["resilience.pattern"] == pattern
+                and e.attributes["resilience.name"] == name]
+
+    assert decisions("ratelimit", "payments") == ["allow", "allow", "deny"]
+    assert decisions("concurrency", "psp-slots") == ["allow", "deny"]
+    assert decisions("breaker", "psp-acme") == ["reject"]
+    assert decisions("retry_budget", "psp-budget") == ["allow", "deny"]
+    assert decisions("retry", "psp-retry-budget") == ["budget_exhausted"]
+    assert decisions("bulkhead", "psp-pool") == ["deny"]
+    assert decisions("timeout", "capture") == ["expired"]
+    assert decisions("idempotency", "refunds") == ["executed", "completed", "replayed",
+                                                   "mismatch"]
+    assert decisions("idempotency", "payments-http") == ["executed", "completed", "replayed"]
+    assert decisions("ratelimit", "api") == ["allow", "deny"]
+    assert decisions("ratelimit", "api-wsgi") == ["allow", "deny"]
+    transitions = [(e.attributes["resilience.breaker.previous_state"],
+                    e.attributes["resilience.breaker.state"])
+                   for s in spans for e in s.events
+                   if e.name == "resilience.breaker.transition" and e.attributes]
+    assert transitions == [("CLOSED", "OPEN"), ("OPEN", "HALF_OPEN"), ("HALF_OPEN", "CLOSED"),
+                           ("CLOSED", "FORCED_OPEN"), ("FORCED_OPEN", "CLOSED")]
+    attempts = [(s.attributes["resilience.name"], s.attributes["resilience.retry.attempt"],
+                 s.attributes["resilience.outcome"])
+                for s in spans if s.name == "resilience.retry.attempt" and s.attributes]
+    assert attempts == [("psp-retry", 1, "failure"), ("psp-retry", 2, "success"),
+                        ("psp-retry-budget", 1, "failure"), ("psp-retry-budget", 2, "failure"),
+                        ("psp-http", 1, "failure"), ("psp-http", 2, "success")]
+    http = [dict(s.attributes or {}) for s in spans
+            if s.name == "resilience.retry.attempt"
+            and (s.attributes or {}).get("resilience.name") == "psp-http"]
+    assert [(a["http.request.method"], a["server.address"], a["http.response.status_code"],
+             a.get("http.request.resend_count"), a.get("error.type")) for a in http] == [
+        ("GET", "psp.example", 503, None, "503"), ("GET", "psp.example", 200, 1, None)]
+    calls = sorted((s.attributes["resilience.outcome"], s.attributes.get("error.type", ""))
+                   for s in spans if s.name == "resilience.call" and s.attributes)
+    assert calls == [("failure", "Timeout"), ("success", "")]
+
+    def point(metric: str, **attrs: str) -> float:
+        key = (metric, tuple(sorted({f"resilience.{k}": v for k, v in attrs.items()}.items())))
+        return changed.get(key, 0)
+
+    assert point("resilience.decisions", decision="allow", name="payments",
+                 pattern="ratelimit") == 2
+    assert point("resilience.retries", name="psp-retry", pattern="retry") == 1
+    assert point("resilience.retries", name="psp-retry-budget", pattern="retry") == 1
+    assert point("resilience.retries", name="psp-http", pattern="retry") == 1
+    assert changed[("resilience.call.duration", (
+        ("error.type", "ConnectionError"), ("resilience.name", "psp-acme"),
+        ("resilience.outcome", "failure"), ("resilience.pattern", "breaker")))] == 2
+    assert gauges[("resilience.breaker.state", (
+        ("resilience.breaker.state", "CLOSED"), ("resilience.name", "psp-acme"),
+        ("resilience.pattern", "breaker")))] == 1
+    assert gauges[("resilience.breaker.state", (
+        ("resilience.breaker.state", "OPEN"), ("resilience.name", "psp-acme"),
+        ("resilience.pattern", "breaker")))] == 0
+
+    # the audit trail of the same run: every money-relevant decision, once
+    assert [(r.event_type, r.resource, r.principal, r.outcome, r.origination)
+            for r in records] == [
+        ("ratelimit.limit_hit", "ratelimit:payments", "system", "failure", "worker-1"),
+        ("breaker.transition", "breaker:psp-acme", "system", "success", "worker-1"),
+        ("breaker.transition", "breaker:psp-acme", "system", "success", "worker-1"),
+        ("breaker.transition", "breaker:psp-acme", "system", "success", "worker-1"),
+        ("breaker.transition", "breaker:psp-acme", "system", "success", "worker-1"),
+        ("operator.override", "breaker:psp-acme", "ops:alice", "success", "worker-1"),
+        ("breaker.transition", "breaker:psp-acme", "system", "success", "worker-1"),
+        ("operator.override", "breaker:psp-acme", "ops:alice", "success", "worker-1"),
+        ("retry_budget.exhausted", "retry_budget:psp-budget", "system", "failure", "worker-1"),
+        ("idempotency.replay", "idempotency:refunds", "merchant:42", "success", "worker-1"),
+        ("idempotency.mismatch", "idempotency:refunds", "merchant:42", "failure", "worker-1"),
+        ("idempotency.replay", "idempotency:payments-http", "merchant:42", "success",
+         "203.0.113.7"),
+        ("ratelimit.limit_hit", "ratelimit:api", "anonymous", "failure", "203.0.113.7"),
+        ("ratelimit.limit_hit", "ratelimit:api-wsgi", "anonymous", "failure", "198.51.100.4"),
+    ]
     # audit records carry the ids of the span they were made in
-    ctx = span.get_span_context()
-    assert audit_seen[0].trace_id == format(ctx.trace_id, "032x")
-    assert audit_seen[0].span_id == format(ctx.span_id, "016x")
+    [checkout] = [s for s in spans if s.name == "checkout"]
+    assert records[0].trace_id == format(checkout.context.trace_id, "032x")
+    assert records[0].span_id == format(checkout.context.span_id, "016x")
+    for rec in records:
+        assert rec.trace_id == records[0].trace_id
+        assert "order-7" not in rec.canonical().decode() and "rf_1" not in rec.canonical().decode()
+
+
+def test_the_rendered_run_in_the_docs_is_up_to_date() -> None:
+    """docs/telemetry-run.md is what examples/telemetry_tour.py renders (fresh interpreter)."""
+    result = subprocess.run([sys.executable, "-W", "error", str(TOUR), "--check"],
+                            capture_output=True, text=True, timeout=90, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (DOCS.parent / "telemetry-run.md").read_text()
+    assert "| `resilience.breaker.state` | gauge |" in text
+    assert "`idempotency.replay`" in text and "order-7" not in text
 
 
 def test_every_telemetry_name_is_in_the_documented_table() -> None:
@@ -262,6 +349,16 @@ def test_no_pan_reaches_span_or_metric_attributes(fresh: Sdk, pan: str, shape: s
             wrapped(key)
         AuditLog([CallbackSink(lambda r: None)]).record("e", resource=f"ratelimit:{key}",
                                                         principal=key)
+        # the HTTP edges, with the PAN as principal and as idempotency key
+        scope = tour._http("POST", "/payments", [(b"idempotency-key", key.strip().encode())])
+        scope["state"] = {"principal": key}
+        limited = RateLimitMiddleware(tour._ok_app, limiter=RateLimiter(
+            "1/minute", name="edge", clock=ManualClock(1_700_000_000.0)))
+        assert [tour._asgi(limited, scope) for _ in range(2)] == [201, 429]
+        store = IdempotencyStore(MemoryBackend(), name="edge", redactor=Redactor.pci())
+        idem = IdempotencyMiddleware(tour._ok_app, store=store,
+                                     scope=lambda s: s["state"]["principal"])
+        assert [tour._asgi(idem, scope, b"{}") for _ in range(2)] == [201, 201]
     texts = []
     for span in fresh.spans.get_finished_spans():
         texts += [str(v) for v in (span.attributes or {}).values()]
@@ -300,8 +397,20 @@ def test_without_an_sdk_nothing_is_recorded_and_nothing_fails() -> None:
             rec = AuditLog([CallbackSink(seen.append)]).record("e", resource="r")
         assert rec.trace_id == "" and seen == [rec]
         assert not telemetry.active()
+
+        # the whole tour through every pattern and edge: same decisions, same audit trail
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("telemetry_tour", TOUR)
+        tour = importlib.util.module_from_spec(spec)
+        sys.modules["telemetry_tour"] = tour
+        spec.loader.exec_module(tour)
+        records = tour.scenario()
+        assert len(records) == 14 and all(r.trace_id == "" for r in records), records
+        assert not telemetry.active()
+        assert not telemetry._breakers or all(
+            b.known_state is not None for b in telemetry._breakers)
         print("ok")
-    """)
+    """).replace("TOUR", repr(str(TOUR)))
     result = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr

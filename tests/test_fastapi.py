@@ -92,7 +92,7 @@ def test_refusal_is_problem_json_with_install_and_native_json_without():
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["type"] == QUOTA_EXCEEDED
     assert refused.json()["violated-policies"] == ["reports"]
-    assert refused.headers["ratelimit"] == '"reports";r=0;t=60'
+    assert refused.headers["ratelimit"] == '"reports";r=0;t=20'
     assert ok_before.status_code == 200  # another route: its own limiter
     with TestClient(make_app(ManualClock(), problem=False)) as client:
         for _ in range(4):
@@ -116,7 +116,7 @@ def test_decision_reaches_the_endpoint_streaming_and_background_tasks_work():
     # FastAPI drops dependency fields from a Response the endpoint returns itself (documented)
     assert "ratelimit" not in raw.headers
     assert streamed.content == b"ab"
-    assert refused.status_code == 429 and refused.headers["ratelimit"] == '"reports";r=0;t=60'
+    assert refused.status_code == 429 and refused.headers["ratelimit"] == '"reports";r=0;t=20'
 
 
 async def test_the_exception_carries_the_decision_and_headers():

@@ -202,6 +202,41 @@ def test_headers_follow_the_ietf_fields(backend, clock):
     rl.acquire("m")
     refused = rl.acquire("m")
     assert refused.headers()["Retry-After"] == "1"
-    single = RateLimiter("5/minute", backend=backend, clock=clock, name="one").acquire("m")
+    one = RateLimiter("5/minute", backend=backend, clock=clock, name="one")
+    single = one.acquire("m")
     assert single.headers() == {"RateLimit-Policy": '"one";q=5;w=60',
                                 "RateLimit": '"one";r=4;t=12'}
+    # t is the effective window: the seconds until ONE more unit is available (12 s for GCRA at
+    # 5/minute), not until the whole quota is back (36 s, 60 s)
+    one.acquire("m")
+    assert one.acquire("m").headers()["RateLimit"] == '"one";r=2;t=12'
+    one.acquire("m")
+    one.acquire("m")
+    clock.advance(5)
+    refused_one = one.acquire("m")
+    assert refused_one.headers() == {"RateLimit-Policy": '"one";q=5;w=60',
+                                     "RateLimit": '"one";r=0;t=7', "Retry-After": "7"}
+    window = RateLimiter("5/minute", backend=backend, clock=clock, name="fw",
+                         algorithm="fixed_window")
+    clock.set(1_700_000_080.0)  # 40 s into a minute: the window resets in 20 s
+    assert window.acquire("m").headers()["RateLimit"] == '"fw";r=4;t=20'
+
+
+def test_headers_omit_ratelimit_when_on_backend_error_decided(clock):
+    import servers
+
+    from fintech_resilience.backends.redis import RedisBackend
+
+    dead = RedisBackend.from_url(f"redis://127.0.0.1:{servers.free_port()}", timeout=0.2)
+    try:
+        for policy, allowed in (("allow", True), ("deny", False)):
+            d = RateLimiter("5/minute; 100/day", backend=dead, clock=clock, name="api",
+                            on_backend_error=policy, deny_retry_after=3).acquire("m")
+            assert d.allowed is allowed and d.fallback == policy and not d.measured
+            expected = {"RateLimit-Policy": '"api-0";q=5;w=60, "api-1";q=100;w=86400'}
+            if not allowed:
+                expected["Retry-After"] = "3"
+            assert d.headers() == expected
+            assert d.policy_label == "api-0" and d.remaining == (5 if allowed else 0)
+    finally:
+        dead.close()

@@ -1,5 +1,8 @@
 """Property: random JSON with embedded PANs (many formats) through every sink - no PAN survives,
-and digit runs that fail the Luhn check are kept. (Span attributes: test_chaos_telemetry.py.)"""
+and digit runs that fail the Luhn check are kept: the redactor itself, audit records through every
+sink, and the sinks as the patterns and edges wire them (idempotency stored HTTP responses with
+``Redactor.pci()``, the audit records of the idempotency, rate-limit and breaker wiring, the
+library's log records). Span and metric attributes: test_chaos_telemetry.py."""
 
 from __future__ import annotations
 
@@ -148,3 +151,109 @@ def test_audit_records_and_their_logs_keep_no_pan(doc: Any) -> None:
     for output in (lines[0], seen[0].canonical().decode(), stream[1].decode()):
         _assert_clean(output, doc_pans, kept)
     assert sink.verify().ok
+
+
+# -- the sinks as the patterns and edges wire them ---------------------------------------------------
+def _asgi(app: Any, scope: dict[str, Any], body: bytes = b"") -> tuple[int, bytes]:
+    import asyncio
+
+    got: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        got.append(message.get("status", message.get("body", b"")))
+
+    asyncio.run(app(scope, receive, send))
+    return got[0], b"".join(m for m in got[1:] if isinstance(m, bytes))
+
+
+def _scope(principal: str, key: str | None = None) -> dict[str, Any]:
+    headers = [(b"content-type", b"application/json")]
+    if key is not None:
+        headers.append((b"idempotency-key", key.encode()))
+    return {"type": "http", "method": "POST", "path": "/payments", "root_path": "",
+            "query_string": b"", "headers": headers, "client": ("203.0.113.7", 5000),
+            "state": {"principal": principal}}
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(documents, pans())
+def test_wired_sinks_keep_no_pan(doc: Any, pan: str) -> None:
+    """Idempotency stored responses (``Redactor.pci()``), audit records written by the patterns
+    and edges, and the library's log records: a PAN in a body, a principal, an idempotency key or
+    an operator name survives in none of them."""
+    from fintech_resilience import audit as audit_module
+    from fintech_resilience._asgi_idempotency import IdempotencyMiddleware
+    from fintech_resilience._asgi_ratelimit import RateLimitMiddleware
+    from fintech_resilience.breaker import CircuitBreaker
+    from fintech_resilience.idempotency import IdempotencyStore, idempotent
+    from fintech_resilience.ratelimit import RateLimiter
+
+    doc_pans, kept = _tokens(doc)
+    doc_pans.add(re.sub("[ -]", "", pan))
+    body = json.dumps(doc).encode()
+    principal = f"user {pan}"
+    records: list[AuditRecord] = []
+    lines: list[str] = []
+
+    class ListHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+            lines.extend(json.dumps(getattr(record, name), default=str)
+                         for name in ("audit", "resilience") if hasattr(record, name))
+
+    library = logging.getLogger("fintech_resilience")
+    handler = ListHandler(level=logging.DEBUG)
+    library.addHandler(handler)
+    old_level = library.level
+    library.setLevel(logging.DEBUG)
+    audit_module.set_default(AuditLog([CallbackSink(records.append),
+                                       LoggingSink("fintech_resilience.audit")]))
+    try:
+        backend = MemoryBackend()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 201,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+
+        store = IdempotencyStore(backend, name="payments", redactor=Redactor.pci())
+        idem = IdempotencyMiddleware(app, store=store, scope=lambda s: s["state"]["principal"])
+        first = _asgi(idem, _scope(principal, key=pan), body)
+        replay = _asgi(idem, _scope(principal, key=pan), body)
+        other = _asgi(idem, _scope(principal, key=pan), body + b" ")  # a mismatch
+        assert (first[0], replay[0], other[0]) == (201, 201, 422)
+
+        limited = RateLimitMiddleware(app, limiter=RateLimiter("1/minute", name="api",
+                                                               backend=backend))
+        assert [_asgi(limited, _scope(principal))[0] for _ in range(2)] == [201, 429]
+
+        CircuitBreaker("psp", backend=backend).force_open(actor=f"ops {pan}")
+
+        # the decorator stores function results verbatim (replays must return them unchanged):
+        # its records are not checked here, its audit records and logs are
+        results = IdempotencyStore(MemoryBackend(), name="refunds", redactor=Redactor.pci())
+
+        @idempotent(results, key=lambda p: p["key"], scope=lambda p: p["who"], route="refund")
+        def refund(payment: dict[str, Any]) -> Any:
+            return doc
+
+        refund({"key": pan, "who": principal})
+        refund({"key": pan, "who": principal})
+    finally:
+        audit_module.set_default(None)
+        library.removeHandler(handler)
+        library.setLevel(old_level)
+
+    stored = [repr(entry[0]) for entry in backend.store._data.values()]
+    assert {r.event_type for r in records} >= {"idempotency.replay", "idempotency.mismatch",
+                                                "ratelimit.limit_hit", "operator.override"}
+    outputs = [replay[1].decode("utf-8", "replace"), *stored, *lines,
+               *(r.canonical().decode() for r in records)]
+    for output in outputs:
+        _assert_clean(output, doc_pans, set())
+    # what is not a PAN is kept in the replayed body
+    _assert_clean(replay[1].decode(), set(), kept)

@@ -86,4 +86,5 @@ def test_attribute_names_live_in_one_module():
 
     names = [v for k, v in vars(telemetry.Attr).items() if k.isupper()]
     assert len(names) == len(set(names))
-    assert all(n.startswith("resilience.") or n == "error.type" for n in names)
+    semconv = {"error.type", "http.response.status_code"}  # OpenTelemetry semantic conventions
+    assert all(n.startswith("resilience.") or n in semconv for n in names)

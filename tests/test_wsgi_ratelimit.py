@@ -99,7 +99,7 @@ class TestLimits:
         bob = c.get("/r", headers={"X-Api-Key": "bob"})
         assert [r.status_code for r in alice] == [200, 200, 200, 429]
         assert [r.headers["RateLimit"] for r in alice] == [
-            '"api";r=2;t=20', '"api";r=1;t=40', '"api";r=0;t=60', '"api";r=0;t=60']
+            '"api";r=2;t=20', '"api";r=1;t=20', '"api";r=0;t=20', '"api";r=0;t=20']
         assert all(r.headers["RateLimit-Policy"] == '"api";q=3;w=60' for r in alice)
         assert alice[0].headers["X-App"] == "1"
         assert alice[3].headers["Retry-After"] == "20"

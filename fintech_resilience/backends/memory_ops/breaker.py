@@ -118,68 +118,75 @@ def control(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us
     return _reply(h, now, 0, before if after != before else -1)
 
 
+def _trip(store: MemoryStore, key: str, h: dict[str, Any], to: int, now: float, now_us: int,
+          args: Sequence[Any]) -> dict[str, Any]:
+    """The ``transition(to)`` of ``breaker_record.lua``: a fresh hash (window and probes go)."""
+    trips = h.get("trips", 0)
+    if to == 1:
+        trips += 1
+        dur = float(args[11])
+        maxb = float(args[13])
+        mult = float(args[12])
+        for _ in range(2, trips + 1):
+            dur = dur * mult
+            if dur >= maxb:
+                break
+        if dur > maxb:
+            dur = maxb
+        until = now + dur
+    else:
+        trips = 0
+        until = 0.0
+    new = {"st": to, "gen": h.get("gen", 0) + 1, "until": until, "trips": trips}
+    ov = h.get("ov", 0)
+    if ov:
+        new["ov"] = ov
+    _save(store, key, new, args[15], now_us)
+    return new
+
+
 @memory_op("breaker_record")
 def record(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: int) -> list[int]:
+    # the breaker's hot path (one call per protected call in CLOSED): kept flat on purpose
     now = float(now_us)
     key = keys[0]
     # mutated in place: the backend's lock is held for the whole operation
-    h: dict[str, Any] = store.get(key, now_us) or {}
-    st = h.get("st", 0)
-    ov = h.get("ov", 0)
-    gen = h.get("gen", 0)
+    entry = store.entry(key, now_us)
+    h: dict[str, Any] = entry[0] if entry is not None else {}
+    get = h.get
+    st = get("st", 0)
+    ov = get("ov", 0)
+    gen = get("gen", 0)
     verdict = int(args[3])
     fail = 1 if verdict == 2 else 0
     slow = 0 if verdict == 0 else int(args[4])
-    frate = float(args[9])
-    srate = float(args[10])
-    hoc = float(args[14])
     from_ = -1
 
-    def transition(to: int) -> dict[str, Any]:
-        nonlocal from_
-        from_ = ov if ov else st
-        trips = h.get("trips", 0)
-        if to == 1:
-            trips += 1
-            dur = float(args[11])
-            maxb = float(args[13])
-            mult = float(args[12])
-            for _ in range(2, trips + 1):
-                dur = dur * mult
-                if dur >= maxb:
-                    break
-            if dur > maxb:
-                dur = maxb
-            until = now + dur
-        else:
-            trips = 0
-            until = 0.0
-        new = {"st": to, "gen": gen + 1, "until": until, "trips": trips}
-        if ov:
-            new["ov"] = ov
-        _save(store, key, new, args[15], now_us)
-        return new
-
-    if ov in (3, 4) or int(args[1]) != gen:
+    if ov == 3 or ov == 4 or int(args[1]) != gen:
         return _reply(h, now, 1, from_)
 
     if ov == 0 and st == 2:
+        frate = float(args[9])
+        srate = float(args[10])
+        hoc = float(args[14])
         token = _text(args[2])
-        probes = h.get("probes")
+        probes = get("probes")
         if token == "" or probes is None or token not in probes:
             return _reply(h, now, 1, from_)
         probes = {t: e for t, e in probes.items() if t != token}
-        hn = h.get("hn", 0)
-        hf = h.get("hf", 0)
-        hw = h.get("hw", 0)
+        hn = get("hn", 0)
+        hf = get("hf", 0)
+        hw = get("hw", 0)
         if verdict != 0:
             hn += 1
             hf += fail
             hw += slow
         if hf / hoc >= frate or hw / hoc >= srate:
-            h = transition(1)
+            from_ = st
+            h = _trip(store, key, h, 1, now, now_us, args)
         elif hn >= hoc:
-            h = transition(0)
+            from_ = st
+            h = _trip(store, key, h, 0, now, now_us, args)
         else:
             h.update(probes=probes, hn=hn, hf=hf, hw=hw)
             _save(store, key, h, args[15], now_us)
@@ -189,21 +196,25 @@ def record(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us:
         return _reply(h, now, 1, from_)
 
     size = int(args[6])
-    n = h.get("n", 0)
-    f = h.get("f", 0)
-    s = h.get("s", 0)
+    n = get("n", 0)
+    f = get("f", 0)
+    s = get("s", 0)
     if int(args[5]) == 1:
-        seq = h.get("seq", 0)
-        old = h.get(f"r{seq}", 0)
+        # the count window's slots r<i> (1 + failure + 2 * slow) as one preallocated ring
+        seq = get("seq", 0)
+        ring = get("ring")
+        if ring is None or len(ring) < size:  # a new window, or a larger size configured
+            ring = h["ring"] = [*(ring or ()), *[0] * (size - len(ring or ()))]
+        old = ring[seq]
         if old > 0:
             n -= 1
             f -= (old - 1) % 2
             s -= (old - 1) // 2
-        h[f"r{seq}"] = 1 + fail + 2 * slow
+        ring[seq] = 1 + fail + 2 * slow
         h["seq"] = (seq + 1) % size
     else:
         b = math.floor(now / float(args[7]))
-        last = h.get("last", b)
+        last = get("last", b)
         if b > last:
             steps = min(b - last, size)
             for j in range(1, steps + 1):
@@ -213,18 +224,28 @@ def record(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us:
                 s -= h.pop(f"w{i}", 0)
             last = b
         i = last % size
-        h[f"c{i}"] = h.get(f"c{i}", 0) + 1
+        h[f"c{i}"] = get(f"c{i}", 0) + 1
         if fail:
-            h[f"e{i}"] = h.get(f"e{i}", 0) + 1
+            h[f"e{i}"] = get(f"e{i}", 0) + 1
         if slow:
-            h[f"w{i}"] = h.get(f"w{i}", 0) + 1
+            h[f"w{i}"] = get(f"w{i}", 0) + 1
         h["last"] = last
     n += 1
     f += fail
     s += slow
-    if ov == 0 and n >= int(args[8]) and (f / n >= frate or s / n >= srate):
-        h = transition(1)
+    if ov == 0 and n >= int(args[8]) and (f / n >= float(args[9]) or s / n >= float(args[10])):
+        from_ = st
+        h = _trip(store, key, h, 1, now, now_us, args)
+        return _reply(h, now, 1, from_)
+    h["st"] = st
+    h["gen"] = gen
+    h["n"] = n
+    h["f"] = f
+    h["s"] = s
+    ttl_us = int(args[15]) * 1000
+    if entry is None:
+        store.set(key, h, ttl_us, now_us)
     else:
-        h.update(st=st, gen=gen, n=n, f=f, s=s)
-        _save(store, key, h, args[15], now_us)
-    return _reply(h, now, 1, from_)
+        entry[1] = now_us + max(ttl_us, 1)
+    # CLOSED or METRICS_ONLY, no transition: no break, so retry_after is 0
+    return [ov if ov else st, int(gen), 0, 1, -1, int(n), int(f), int(s)]
