@@ -29,6 +29,7 @@ import contextvars
 import functools
 import hmac
 import inspect
+import json
 import logging
 import secrets
 import threading
@@ -354,10 +355,22 @@ class IdempotencyStore:
 
     # -- complete / release / renew ----------------------------------------------------------------
     def encode(self, claim: Claim, response: StoredResponse) -> bytes:
-        """The stored form of ``response``: redacted (HTTP bodies), then encrypted."""
-        if self.redactor is not None and response.kind == "http" and response.body:
-            content_type = next((v for n, v in response.headers if n.lower() == "content-type"),
-                                None)
+        """The stored form of ``response``: redacted, then encrypted.
+
+        HTTP bodies are redacted according to their content type; function results and
+        exceptions when they are JSON (the default serializer), so replays still deserialise.
+        Other serialisations are stored as they are: encrypt them (``cipher=``) if they can
+        carry card data.
+        """
+        if self.redactor is not None and response.body:
+            if response.kind == "http":
+                content_type = next(
+                    (v for n, v in response.headers if n.lower() == "content-type"), None)
+            else:
+                content_type = "application/json" if _is_json(response.body) else None
+                if content_type is None:
+                    return encode_response(response, cipher=self.cipher,
+                                           associated_data=claim.record_key.encode())
             body = self.redactor.redact_bytes(response.body, content_type)
             if body != response.body:
                 response = StoredResponse(response.kind, response.status, response.headers, body,
@@ -734,3 +747,11 @@ def _complete_and_wait(backend: Backend, record_key: str, args: Sequence[Any], r
         raise BackendUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
     backend.health.success()
     return raw, int(acked)
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True

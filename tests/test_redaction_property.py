@@ -233,9 +233,8 @@ def test_wired_sinks_keep_no_pan(doc: Any, pan: str) -> None:
 
         CircuitBreaker("psp", backend=backend).force_open(actor=f"ops {pan}")
 
-        # the decorator stores function results verbatim (replays must return them unchanged):
-        # its records are not checked here, its audit records and logs are
-        results = IdempotencyStore(MemoryBackend(), name="refunds", redactor=Redactor.pci())
+        # the decorator's JSON results pass through the store's redactor too
+        results = IdempotencyStore(backend, name="refunds", redactor=Redactor.pci())
 
         @idempotent(results, key=lambda p: p["key"], scope=lambda p: p["who"], route="refund")
         def refund(payment: dict[str, Any]) -> Any:
