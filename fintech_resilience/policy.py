@@ -21,7 +21,8 @@ the retry: a ``with`` block cannot be run again.
 
 Telemetry (with an OpenTelemetry SDK installed): each :meth:`Policy.call` / :meth:`Policy.acall`
 runs in a ``resilience.call`` span and adds a point to the ``resilience.call.duration`` histogram
-(seconds); an attempt that overruns its timeout adds a ``timeout`` / ``expired`` decision.
+(seconds); an attempt that overruns its timeout adds a ``timeout`` / ``expired`` decision
+(emitted by the timeout itself, also outside a Policy).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, cast, runtime_checkable
 
 from . import _keys, telemetry
 from .bulkhead import Bulkhead
-from .errors import ConfigurationError, RateLimited, Timeout
+from .errors import ConfigurationError, RateLimited
 from .ratelimit import RateLimiter
 from .retry import Retry, current_attempt
 from .timeout import TimeLimit
@@ -119,36 +120,22 @@ class Policy:
 
     @contextlib.contextmanager
     def _attempt(self) -> Iterator[None]:
-        try:
-            with contextlib.ExitStack() as stack:
-                if self.breaker is not None:
-                    stack.enter_context(cast(contextlib.AbstractContextManager[Any],
-                                             self.breaker))
-                if self.timeout is not None:
-                    stack.enter_context(self.timeout.limit(self._seconds()))
-                yield
-        except Timeout:
-            self._timed_out()
-            raise
+        with contextlib.ExitStack() as stack:
+            if self.breaker is not None:
+                stack.enter_context(cast(contextlib.AbstractContextManager[Any], self.breaker))
+            if self.timeout is not None:
+                stack.enter_context(self.timeout.limit(self._seconds()))
+            yield
 
     @contextlib.asynccontextmanager
     async def _aattempt(self) -> AsyncIterator[None]:
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                if self.breaker is not None:
-                    await stack.enter_async_context(
-                        cast(contextlib.AbstractAsyncContextManager[Any], self.breaker))
-                if self.timeout is not None:
-                    await stack.enter_async_context(self.timeout.alimit(self._seconds()))
-                yield
-        except Timeout:
-            self._timed_out()
-            raise
-
-    def _timed_out(self) -> None:
-        if self.timeout is not None and telemetry.active():
-            telemetry.emit_decision(telemetry.Pattern.TIMEOUT, self.timeout.name,
-                                    telemetry.Decision.EXPIRED)
+        async with contextlib.AsyncExitStack() as stack:
+            if self.breaker is not None:
+                await stack.enter_async_context(
+                    cast(contextlib.AbstractAsyncContextManager[Any], self.breaker))
+            if self.timeout is not None:
+                await stack.enter_async_context(self.timeout.alimit(self._seconds()))
+            yield
 
     # --- the whole call: rate limit -> bulkhead -> (retry) ------------------------------------
 

@@ -26,6 +26,7 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, ParamSpec, TypeVar, cast
 
+from . import telemetry
 from ._clock import SYSTEM_CLOCK, Clock
 from .errors import ConfigurationError, Timeout
 from .retry import current_attempt
@@ -72,6 +73,9 @@ class TimeLimit:
         self.clock: Clock = clock or SYSTEM_CLOCK
 
     def _expired(self, seconds: float) -> Timeout:
+        if telemetry.active():
+            telemetry.emit_decision(telemetry.Pattern.TIMEOUT, self.name,
+                                    telemetry.Decision.EXPIRED)
         return Timeout(f"{self.name}: no answer within {seconds:.3f}s")
 
     @contextlib.contextmanager

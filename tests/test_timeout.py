@@ -93,3 +93,26 @@ def test_bad_timeout() -> None:
     for bad in (0, -1, float("inf"), "2s", True):
         with pytest.raises(ConfigurationError, match="timeout must be a positive"):
             timeout(bad)  # type: ignore[arg-type]
+
+
+def test_a_standalone_timeout_reports_its_expiry(monkeypatch):
+    from fintech_resilience import telemetry
+    from fintech_resilience.errors import Timeout as TimeoutError_
+    from fintech_resilience.testing import ManualClock
+    from fintech_resilience.timeout import timeout as make_timeout
+
+    seen = []
+    monkeypatch.setattr(telemetry, "active", lambda: True)
+    monkeypatch.setattr(telemetry, "emit_decision",
+                        lambda pattern, name, decision, attrs=None: seen.append(
+                            (pattern, name, decision)))
+    clock = ManualClock()
+    limit = make_timeout(1.0, name="capture", clock=clock)
+    with limit:
+        pass
+    try:
+        with limit:
+            clock.advance(2.0)
+    except TimeoutError_:
+        pass
+    assert seen == [("timeout", "capture", "expired")]
