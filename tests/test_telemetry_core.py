@@ -86,5 +86,7 @@ def test_attribute_names_live_in_one_module():
 
     names = [v for k, v in vars(telemetry.Attr).items() if k.isupper()]
     assert len(names) == len(set(names))
-    semconv = {"error.type", "http.response.status_code"}  # OpenTelemetry semantic conventions
-    assert all(n.startswith("resilience.") or n in semconv for n in names)
+    # OpenTelemetry semantic conventions
+    semconv = {"error.type", "http.response.status_code", "http.request.method",
+               "http.request.resend_count", "server.address", "server.port"}
+    assert all(n.startswith("resilience.") or n in semconv for n in names), names
