@@ -356,11 +356,47 @@ show their count only (their sums are real elapsed times). Metric values are cum
 run. Note what is absent: no key, merchant id or amount in any metric attribute, and the
 idempotency key only as its hash.
 
+![Decisions per pattern in this run](_static/telemetry-run.png)
+
+(The plot is drawn from the same in-memory metric reader by `--write --plot`, with matplotlib.)
+
 """
 
 
-def run() -> str:
-    """Install the SDK (in-memory), run the scenario, and render the page."""
+PLOT = DOC.parent / "_static" / "telemetry-run.png"
+
+
+def plot(metrics: Any, path: Path) -> None:
+    """A bar chart of the run's decisions per pattern and decision (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts: dict[str, float] = {}
+    for resource in metrics.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name != telemetry.Metric.DECISIONS:
+                    continue
+                for point in metric.data.data_points:
+                    attrs = point.attributes
+                    label = f"{attrs[telemetry.Attr.PATTERN]}: {attrs[telemetry.Attr.DECISION]}"
+                    counts[label] = counts.get(label, 0) + point.value
+    labels = sorted(counts)
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(labels) + 1.2))
+    ax.barh(labels, [counts[label] for label in labels], color="#3b6ea5")
+    ax.invert_yaxis()
+    ax.set_xlabel("resilience.decisions (points in one scripted run)")
+    ax.set_title("Decisions per pattern, from the in-memory metric reader")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(plot_to: Path | None = None) -> str:
+    """Install the SDK (in-memory), run the scenario, and render the page (and the plot)."""
     from opentelemetry import metrics
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -375,12 +411,14 @@ def run() -> str:
     trace.set_tracer_provider(provider)
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
     records = scenario()
-    return HEADER + render(list(exporter.get_finished_spans()), reader.get_metrics_data(),
-                           records)
+    data = reader.get_metrics_data()
+    if plot_to is not None:
+        plot(data, plot_to)
+    return HEADER + render(list(exporter.get_finished_spans()), data, records)
 
 
 def main(argv: list[str]) -> int:
-    page = run()
+    page = run(PLOT if "--plot" in argv else None)
     if "--write" in argv:
         DOC.write_text(page)
         print(f"wrote {DOC}")
