@@ -24,7 +24,6 @@ No lock is held while the protected call runs; sync and async code share every d
 from __future__ import annotations
 
 import contextvars
-import functools
 import inspect
 import secrets
 import time
@@ -45,6 +44,7 @@ from ._breaker_core import (
     view_from,
 )
 from ._clock import Clock
+from ._decorate import around_calls
 from .backends.base import Backend, BackendGuard, Fallback, OnBackendError
 from .backends.memory import MemoryBackend, default_backend
 from .errors import CircuitOpen
@@ -344,20 +344,7 @@ class CircuitBreaker:
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate a sync or async function."""
-        if inspect.iscoroutinefunction(fn):
-            afn = cast(Callable[..., Awaitable[Any]], fn)
-
-            @functools.wraps(fn)
-            async def awrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.acall(afn, *args, **kwargs)
-
-            return cast(Callable[P, R], awrapper)
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            return self.call(fn, *args, **kwargs)
-
-        return wrapper
+        return around_calls(fn, self.call, self.acall)
 
     # -- state and operator controls --------------------------------------------------------------
     @property

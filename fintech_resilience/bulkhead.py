@@ -18,14 +18,13 @@ import asyncio
 import collections
 import contextlib
 import contextvars
-import functools
-import inspect
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Final, ParamSpec, TypeVar, cast
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Final, ParamSpec, TypeVar
 
 from . import _keys, telemetry
 from ._clock import SYSTEM_CLOCK, Clock
+from ._decorate import inside
 from .backends.base import Backend
 from .concurrency import ConcurrencyLimiter, Slot
 from .errors import BulkheadFull, ConfigurationError
@@ -279,22 +278,7 @@ class Bulkhead:
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate a function or coroutine function."""
-        if inspect.iscoroutinefunction(fn):
-            afn = cast(Callable[..., Awaitable[Any]], fn)
-
-            @functools.wraps(fn)
-            async def awrapper(*args: Any, **kwargs: Any) -> Any:
-                async with self.ahold():
-                    return await afn(*args, **kwargs)
-
-            return cast(Callable[P, R], awrapper)
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self.hold():
-                return fn(*args, **kwargs)
-
-        return cast(Callable[P, R], wrapper)
+        return inside(fn, self.hold, self.ahold)
 
     def __repr__(self) -> str:
         kind = "distributed" if self.limiter is not None else "local"

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
-import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, runtime_checkable
 
 from . import _keys, telemetry
+from ._decorate import around_calls
 from .bulkhead import Bulkhead
 from .errors import ConfigurationError, RateLimited
 from .ratelimit import RateLimiter
@@ -215,20 +214,7 @@ class Policy:
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate a function or a coroutine function."""
-        if inspect.iscoroutinefunction(fn):
-            afn = cast(Callable[..., Awaitable[Any]], fn)
-
-            @functools.wraps(fn)
-            async def awrapper(*args: Any, **kwargs: Any) -> Any:
-                return await self.acall(afn, *args, **kwargs)
-
-            return cast(Callable[P, R], awrapper)
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return self.call(fn, *args, **kwargs)
-
-        return cast(Callable[P, R], wrapper)
+        return around_calls(fn, self.call, self.acall)
 
     # --- as a context manager (no retry: a block cannot run twice) ---------------------------
 

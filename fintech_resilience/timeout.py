@@ -21,13 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ParamSpec, TypeVar, cast
 
 from . import telemetry
 from ._clock import SYSTEM_CLOCK, Clock
+from ._decorate import inside
 from .errors import ConfigurationError, Timeout
 from .retry import current_attempt
 
@@ -132,22 +131,7 @@ class TimeLimit:
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate a function (overrun reported afterwards) or a coroutine function
         (cancelled)."""
-        if inspect.iscoroutinefunction(fn):
-            afn = cast(Callable[..., Awaitable[Any]], fn)
-
-            @functools.wraps(fn)
-            async def awrapper(*args: Any, **kwargs: Any) -> Any:
-                async with self.alimit():
-                    return await afn(*args, **kwargs)
-
-            return cast(Callable[P, R], awrapper)
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self.limit():
-                return fn(*args, **kwargs)
-
-        return cast(Callable[P, R], wrapper)
+        return inside(fn, self.limit, self.alimit)
 
     def __repr__(self) -> str:
         return f"timeout({self.seconds!r})"
