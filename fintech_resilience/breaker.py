@@ -459,9 +459,13 @@ class CircuitBreaker:
 def _report(transition: Transition) -> None:
     """One log line, and (with an SDK installed) one metric point and one span event."""
     level = 30 if transition.state in (BreakerState.OPEN, BreakerState.FORCED_OPEN) else 20
-    telemetry.logger.log(level, "circuit breaker %r: %s -> %s (retry_after=%.3fs)",
-                         transition.name, transition.previous.name, transition.state.name,
-                         transition.retry_after)
+    if transition.state is BreakerState.OPEN:  # only OPEN ends by itself, after the break
+        telemetry.logger.log(level, "circuit breaker %r: %s -> %s (retry_after=%.3fs)",
+                             transition.name, transition.previous.name, transition.state.name,
+                             transition.retry_after)
+    else:
+        telemetry.logger.log(level, "circuit breaker %r: %s -> %s", transition.name,
+                             transition.previous.name, transition.state.name)
     if telemetry.active():
         telemetry.emit_transition(transition.name, transition.state.name,
                                   transition.previous.name)
