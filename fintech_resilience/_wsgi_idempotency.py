@@ -28,7 +28,7 @@ from .idempotency import Claim, IdempotencyStore
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["IdempotencyMiddleware"]
+__all__ = ["IdempotencyMiddleware", "finish_claim", "open_claim"]
 
 logger = logging.getLogger("fintech_resilience")
 
@@ -42,6 +42,58 @@ def answer_wsgi(start_response: StartResponse, answer: HttpAnswer) -> list[bytes
     text = _STATUS_TEXT.get(answer.status, "OK")
     start_response(f"{answer.status} {text}", answer.wsgi_headers())
     return [answer.body]
+
+
+def open_claim(store: IdempotencyStore, *, method: str, raw_key: str | None, required: bool,
+               principal_of: Callable[[], Any], path: str, query: bytes,
+               read_body: Callable[[], bytes | None], max_body_bytes: int,
+               origination: str | None, base: str) -> HttpAnswer | Claim | None:
+    """Everything before the handler runs, for the WSGI and Django middlewares.
+
+    Returns None when the request carries no key and none is required (run it unprotected), an
+    :class:`~fintech_resilience._http.HttpAnswer` to send instead of running the handler (400,
+    413, 500, 503, 409, 422 or the replay), or the :class:`Claim` to run the handler under.
+    """
+    try:
+        key = parse_idempotency_key([] if raw_key is None else [raw_key])
+    except IdempotencyKeyInvalid as exc:
+        return key_invalid_problem(exc, missing=False, base=base)
+    if key is None:
+        if required:
+            return key_invalid_problem(IdempotencyKeyInvalid("missing"), missing=True, base=base)
+        return None
+    principal = principal_of()
+    if principal is None or principal == "":
+        logger.error("IdempotencyMiddleware: the scope callable found no principal; install"
+                     " it inside the authentication middleware")
+        return scope_missing_problem(base=base)
+    body = read_body()
+    if body is None:
+        return too_large_problem(max_body_bytes, base=base)
+    record = store.record_key(key, scope=principal, method=method, route=path)
+    fingerprint = store.fingerprint(method, path, query, body)
+    try:
+        if _audit.resolve(store.audit_log) is None:
+            claim = store.claim(record, fingerprint)
+        else:  # audited: who (the scope's principal) and from where (the TCP peer)
+            claim = store.claim(record, fingerprint, principal=str(principal),
+                                origination=origination)
+    except BackendUnavailable:
+        return unavailable_problem(store.unavailable_retry_after, base=base)
+    answer = claim_answer(claim.outcome, retry_after=claim.retry_after, stored=claim.response,
+                          base=base)
+    return claim if answer is None else answer
+
+
+def finish_claim(store: IdempotencyStore, claim: Claim, status: int,
+                 headers: Iterable[tuple[str, str]], data: bytes, *, replayable: bool,
+                 store_status: Callable[[int], bool], replay_headers: frozenset[str]) -> None:
+    """Store the handler's response (or release the key, by ``store_status``)."""
+    if not store_status(status):
+        store.release(claim)
+    else:
+        store.complete(claim, StoredResponse("http", status, safe_headers(headers, replay_headers),
+                                             data if replayable else b"", replayable))
 
 
 class IdempotencyMiddleware:
@@ -79,46 +131,19 @@ class IdempotencyMiddleware:
         method = environ.get("REQUEST_METHOD", "GET").upper()
         if method not in self.methods:
             return self.app(environ, start_response)
-        raw = environ.get(self.environ_key)
-        try:
-            # PEP 3333 strings are latin-1 decoded bytes: parse them as such
-            key = parse_idempotency_key([] if raw is None else [raw])
-        except IdempotencyKeyInvalid as exc:
-            return answer_wsgi(start_response,
-                               key_invalid_problem(exc, missing=False, base=self.base))
-        if key is None:
-            if self.required:
-                return answer_wsgi(start_response, key_invalid_problem(
-                    IdempotencyKeyInvalid("missing"), missing=True, base=self.base))
-            return self.app(environ, start_response)
-        principal = self.scope_of(environ)
-        if principal is None or principal == "":
-            logger.error("IdempotencyMiddleware: the scope callable found no principal; install"
-                         " it inside the authentication middleware")
-            return answer_wsgi(start_response, scope_missing_problem(base=self.base))
-        body = self._read_body(environ)
-        if body is None:
-            return answer_wsgi(start_response, too_large_problem(self.max_body_bytes,
-                                                                 base=self.base))
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-        store = self.store
-        record = store.record_key(key, scope=principal, method=method, route=path)
-        fingerprint = store.fingerprint(method, path,
-                                        environ.get("QUERY_STRING", "").encode("latin-1"), body)
-        try:
-            if _audit.resolve(store.audit_log) is None:
-                claim = store.claim(record, fingerprint)
-            else:  # audited: who (the scope's principal) and from where (the TCP peer)
-                claim = store.claim(record, fingerprint, principal=str(principal),
-                                    origination=environ.get("REMOTE_ADDR") or None)
-        except BackendUnavailable:
-            return answer_wsgi(start_response, unavailable_problem(
-                store.unavailable_retry_after, base=self.base))
-        answer = claim_answer(claim.outcome, retry_after=claim.retry_after,
-                              stored=claim.response, base=self.base)
-        if answer is not None:
-            return answer_wsgi(start_response, answer)
-        return self._execute(environ, start_response, claim)
+        # PEP 3333 strings are latin-1 decoded bytes: parse them as such
+        outcome = open_claim(
+            self.store, method=method, raw_key=environ.get(self.environ_key),
+            required=self.required, principal_of=lambda: self.scope_of(environ), path=path,
+            query=environ.get("QUERY_STRING", "").encode("latin-1"),
+            read_body=lambda: self._read_body(environ), max_body_bytes=self.max_body_bytes,
+            origination=environ.get("REMOTE_ADDR") or None, base=self.base)
+        if outcome is None:
+            return self.app(environ, start_response)
+        if isinstance(outcome, HttpAnswer):
+            return answer_wsgi(start_response, outcome)
+        return self._execute(environ, start_response, outcome)
 
     def _read_body(self, environ: WSGIEnvironment) -> bytes | None:
         """The whole body (and a rewound ``wsgi.input``), or None when above the bound."""
@@ -174,15 +199,10 @@ class IdempotencyMiddleware:
             store.release(claim)
             raise RuntimeError("the WSGI application returned without calling start_response")
         status_line, headers, _ = started
-        status = int(status_line.split(" ", 1)[0])
-        replayable = rest is None
         data = b"".join(chunks)
-        if not self.store_status(status):
-            store.release(claim)
-        else:
-            stored_headers = safe_headers(headers, self.replay_headers)
-            store.complete(claim, StoredResponse("http", status, stored_headers,
-                                                 data if replayable else b"", replayable))
+        finish_claim(store, claim, int(status_line.split(" ", 1)[0]), headers, data,
+                     replayable=rest is None, store_status=self.store_status,
+                     replay_headers=self.replay_headers)
         start_response(status_line, headers)
         if rest is None:
             return [data]

@@ -1,4 +1,5 @@
-"""Django edge: a rate-limit middleware configured from settings, and a DRF throttle class.
+"""Django edge: rate-limit and idempotency middlewares configured from settings, and a DRF
+throttle class.
 
 Middleware (sync and async capable)::
 
@@ -45,13 +46,15 @@ from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 from rest_framework.throttling import BaseThrottle  # type: ignore[import-untyped]
 
+from ._http import PROBLEM_BASE, SAFE_REPLAY_HEADERS, HttpAnswer
 from ._ratelimit_http import RateLimitCore, Rule, Verdict
+from ._wsgi_idempotency import finish_claim, open_claim
 from .backends.base import Backend
 from .errors import ConfigurationError
 from .keys import ClientKey, principal_or_ip
 from .ratelimit import Decision, RateLimiter
 
-__all__ = ["RateLimitMiddleware", "RateThrottle", "drf_rate"]
+__all__ = ["IdempotencyMiddleware", "RateLimitMiddleware", "RateThrottle", "drf_rate"]
 
 _lock = threading.Lock()
 _backends: dict[str, Backend] = {}
@@ -192,6 +195,110 @@ class RateLimitMiddleware:
         for name, value in verdict.headers:
             response[name] = value
         return response
+
+
+class IdempotencyMiddleware:
+    """Django middleware: each request with an ``Idempotency-Key`` runs once; duplicates get the
+    stored response (the same answers as :class:`fintech_resilience.asgi.IdempotencyMiddleware`).
+
+    Configured from ``settings.FINTECH_RESILIENCE["IDEMPOTENCY"]``::
+
+        "IDEMPOTENCY": {
+            "STORE": "myapp.resilience.store",     # dotted path to (or an) IdempotencyStore
+            "SCOPE": "myapp.resilience.principal", # callable(request) -> principal; default:
+                                                   # the authenticated request.user's pk
+            "METHODS": ["POST", "PATCH"], "REQUIRED": False,
+            "MAX_BODY_BYTES": 1048576, "MAX_RESPONSE_BYTES": 1048576,
+        }
+
+    Place it after ``AuthenticationMiddleware``. A keyed request from an anonymous user has no
+    principal and is refused (500, ``scope-missing``) rather than sharing one record space; set
+    ``"GLOBAL_SCOPE": True`` only if keys are unique across all clients. Under ASGI, Django runs
+    it in a thread (it is sync only). Streaming responses are not replayable: the key is
+    completed as such and later duplicates get 409.
+    """
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        from ._asgi_idempotency import DEFAULT_MAX_BODY, check_options
+        from ._idempotency_record import default_store_status
+
+        config = _config().get("IDEMPOTENCY")
+        if not isinstance(config, Mapping) or "STORE" not in config:
+            raise ConfigurationError(
+                "settings.FINTECH_RESILIENCE['IDEMPOTENCY'] must be a dict with 'STORE' (a dotted"
+                " path to an IdempotencyStore)"
+            )
+        store = config["STORE"]
+        self.store = import_string(store) if isinstance(store, str) else store
+        scope = config.get("SCOPE", _authenticated_pk)
+        self.scope_of = import_string(scope) if isinstance(scope, str) else scope
+        if config.get("GLOBAL_SCOPE"):
+            self.scope_of = _global_scope
+        self.max_body_bytes = config.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY)
+        self.max_response_bytes = config.get("MAX_RESPONSE_BYTES", DEFAULT_MAX_BODY)
+        self.methods = check_options(self.store, self.scope_of, bool(config.get("GLOBAL_SCOPE")),
+                                     config.get("METHODS", ("POST", "PATCH")),
+                                     self.max_body_bytes, self.max_response_bytes)
+        self.required = bool(config.get("REQUIRED", False))
+        header = str(config.get("HEADER", "Idempotency-Key"))
+        self.meta_key = "HTTP_" + header.upper().replace("-", "_")
+        self.store_status = default_store_status
+        self.replay_headers = frozenset(h.lower() for h in SAFE_REPLAY_HEADERS)
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        method = (request.method or "GET").upper()
+        if method not in self.methods:
+            return self.get_response(request)
+        outcome = open_claim(
+            self.store, method=method, raw_key=request.META.get(self.meta_key),
+            required=self.required, principal_of=lambda: self.scope_of(request),
+            path=request.path, query=request.META.get("QUERY_STRING", "").encode("latin-1"),
+            read_body=lambda: self._body(request), max_body_bytes=self.max_body_bytes,
+            origination=request.META.get("REMOTE_ADDR") or None, base=PROBLEM_BASE)
+        if outcome is None:
+            return self.get_response(request)
+        if isinstance(outcome, HttpAnswer):
+            return _answer(outcome)
+        claim = outcome
+        try:
+            with self.store.holding(claim):
+                response = self.get_response(request)
+        except BaseException:
+            self.store.release(claim)
+            raise
+        streaming = bool(getattr(response, "streaming", False))
+        data = b"" if streaming else bytes(response.content)
+        finish_claim(self.store, claim, response.status_code, list(response.items()), data,
+                     replayable=not streaming and len(data) <= self.max_response_bytes,
+                     store_status=self.store_status, replay_headers=self.replay_headers)
+        return response
+
+    def _body(self, request: HttpRequest) -> bytes | None:
+        length = request.META.get("CONTENT_LENGTH") or ""
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            return None
+        body = bytes(request.body)
+        return None if len(body) > self.max_body_bytes else body
+
+
+def _authenticated_pk(request: HttpRequest) -> Any:
+    user = getattr(request, "user", None)
+    return user.pk if user is not None and getattr(user, "is_authenticated", False) else None
+
+
+def _global_scope(request: HttpRequest) -> str:
+    return "*"
+
+
+def _answer(answer: HttpAnswer) -> HttpResponse:
+    response = HttpResponse(answer.body, status=answer.status)
+    for name, value in answer.headers:
+        response[name] = value
+    return response
 
 
 class RateThrottle(BaseThrottle):  # type: ignore[misc]
