@@ -170,10 +170,12 @@ class Decision:
 
     @property
     def limit(self) -> int:
+        """The tightest limit's amount (units per window)."""
         return self._limiter.rates[self._index()].amount
 
     @property
     def remaining(self) -> int:
+        """Units of the tightest limit left after this decision."""
         i = self._index()
         if not self._raw:
             return self._limiter.rates[i].amount if self.allowed else 0
@@ -181,10 +183,12 @@ class Decision:
 
     @property
     def reset_after(self) -> float:
+        """Seconds until the tightest limit's full quota is available again."""
         return self._raw[2 * self._index() + 3] / 1_000_000 if self._raw else 0.0
 
     @property
     def policy(self) -> str:
+        """The tightest limit as text, e.g. ``"10/second"``."""
         return self._limiter.rates[self._index()].text
 
     @property
