@@ -7,10 +7,11 @@ Non-HTTP scopes (websocket, lifespan) pass straight through; every option is val
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import audit as _audit
+from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ._http import (
     PROBLEM_BASE,
     SAFE_REPLAY_HEADERS,
@@ -30,11 +31,6 @@ from .idempotency import Claim, IdempotencyStore
 
 __all__ = ["IdempotencyMiddleware"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("fintech_resilience")
 

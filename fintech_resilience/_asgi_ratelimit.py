@@ -8,20 +8,16 @@ streaming responses, background tasks and contextvars work as without it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ._ratelimit_http import KeyFunc, RateLimitCore, Rule
 from .audit import AuditLog
 from .ratelimit import RateLimiter
 
 __all__ = ["RateLimitMiddleware"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class RateLimitMiddleware:

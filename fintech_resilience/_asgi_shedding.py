@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from . import telemetry
+from ._asgi_types import ASGIApp, Receive, Scope, Send
 from ._ratelimit_http import TEMPORARY_REDUCED_CAPACITY, problem
 from .errors import ConfigurationError
 
 __all__ = ["LoadSheddingMiddleware"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Route = tuple["str | re.Pattern[str]", str]
 
 
