@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, runtime_checkable
 
@@ -164,16 +163,7 @@ class Policy:
         if not telemetry.active():
             return self._call(fn, args, kwargs)
         with telemetry.call_span(telemetry.Pattern.POLICY, self.name):
-            started = time.perf_counter()
-            try:
-                result = self._call(fn, args, kwargs)
-            except BaseException as exc:
-                telemetry.record_call(telemetry.Pattern.POLICY, self.name,
-                                      time.perf_counter() - started, exc)
-                raise
-            telemetry.record_call(telemetry.Pattern.POLICY, self.name,
-                                  time.perf_counter() - started, None)
-            return result
+            return self._call(fn, args, kwargs)
 
     def _call(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         def attempt(*a: Any, **k: Any) -> R:
@@ -190,16 +180,7 @@ class Policy:
         if not telemetry.active():
             return await self._acall(fn, args, kwargs)
         with telemetry.call_span(telemetry.Pattern.POLICY, self.name):
-            started = time.perf_counter()
-            try:
-                result = await self._acall(fn, args, kwargs)
-            except BaseException as exc:
-                telemetry.record_call(telemetry.Pattern.POLICY, self.name,
-                                      time.perf_counter() - started, exc)
-                raise
-            telemetry.record_call(telemetry.Pattern.POLICY, self.name,
-                                  time.perf_counter() - started, None)
-            return result
+            return await self._acall(fn, args, kwargs)
 
     async def _acall(self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> R:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, Protocol
@@ -290,17 +291,21 @@ def record_call(pattern: str, name: str, duration: float, error: BaseException |
 
 @contextlib.contextmanager
 def call_span(pattern: str, name: str) -> Iterator[Any]:
-    """A ``resilience.call`` span around a protected call; marks ``resilience.outcome`` and
-    ``error.type`` (the exception propagates). Use it only when :func:`active` is true."""
+    """A ``resilience.call`` span around a protected call, and its point on the
+    ``resilience.call.duration`` histogram; marks ``resilience.outcome`` and ``error.type`` (the
+    exception propagates). Use it only when :func:`active` is true."""
     with tracer.start_as_current_span(
             Span.CALL, attributes={Attr.PATTERN: pattern, Attr.NAME: name},
             record_exception=False, set_status_on_exception=False) as span:
+        started = time.perf_counter()
         try:
             yield span
         except BaseException as exc:
+            record_call(pattern, name, time.perf_counter() - started, exc)
             if span.is_recording():
                 span.set_attribute(Attr.OUTCOME, Decision.FAILURE)
                 span.set_attribute(Attr.ERROR_TYPE, type(exc).__qualname__)
             raise
+        record_call(pattern, name, time.perf_counter() - started, None)
         if span.is_recording():
             span.set_attribute(Attr.OUTCOME, Decision.SUCCESS)
