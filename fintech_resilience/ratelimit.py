@@ -35,6 +35,7 @@ from . import audit as _audit
 from ._clock import Clock
 from .backends.base import ALLOW, Backend, BackendGuard, Fallback, LocalReply, OnBackendError
 from .backends.memory import MemoryBackend, default_backend
+from .backends.memory_ops.ratelimit import gcra_one_bound
 from .errors import ConfigurationError, RateLimited
 
 __all__ = ["ALGORITHMS", "Decision", "LimitStatus", "RateLimiter", "parse_limits"]
@@ -124,8 +125,7 @@ class Decision:
         self.fallback = fallback
         self._raw = raw
         self._limiter = limiter
-        self._limits: tuple[LimitStatus, ...] | None = None
-        self._tight = -1
+        # ``_limits`` and ``_tight`` are filled on first use (most decisions never need them)
 
     @property
     def measured(self) -> bool:
@@ -135,32 +135,37 @@ class Decision:
     @property
     def limits(self) -> tuple[LimitStatus, ...]:
         """Every limit of the limiter, in the order of ``RateLimiter.rates``."""
-        if self._limits is None:
-            raw, rates = self._raw, self._limiter.rates
-            if not raw:  # decided by on_backend_error: nothing is known about the counters
-                self._limits = tuple(
-                    LimitStatus(r.amount, float(r.period), r.amount if self.allowed else 0, 0.0,
-                                r.text) for r in rates)
-            else:
-                self._limits = tuple(
-                    LimitStatus(r.amount, float(r.period), int(raw[2 * i + 2]),
-                                raw[2 * i + 3] / 1_000_000, r.text)
-                    for i, r in enumerate(rates))
+        try:
+            return self._limits
+        except AttributeError:
+            pass
+        raw, rates = self._raw, self._limiter.rates
+        if not raw:  # decided by on_backend_error: nothing is known about the counters
+            self._limits: tuple[LimitStatus, ...] = tuple(
+                LimitStatus(r.amount, float(r.period), r.amount if self.allowed else 0, 0.0,
+                            r.text) for r in rates)
+        else:
+            self._limits = tuple(
+                LimitStatus(r.amount, float(r.period), int(raw[2 * i + 2]),
+                            raw[2 * i + 3] / 1_000_000, r.text)
+                for i, r in enumerate(rates))
         return self._limits
 
     def _index(self) -> int:
         """Index of the tightest limit: fewest remaining, then the longest to reset."""
-        i = self._tight
-        if i < 0:
-            raw, rates = self._raw, self._limiter.rates
-            if len(rates) == 1:
-                i = 0
-            elif raw:
-                i = min(range(len(rates)), key=lambda j: (int(raw[2 * j + 2]), -raw[2 * j + 3]))
-            else:
-                i = min(range(len(rates)),
-                        key=lambda j: rates[j].amount if self.allowed else 0)
-            self._tight = i
+        rates = self._limiter.rates
+        if len(rates) == 1:
+            return 0
+        try:
+            return self._tight
+        except AttributeError:
+            pass
+        raw = self._raw
+        if raw:
+            i = min(range(len(rates)), key=lambda j: (int(raw[2 * j + 2]), -raw[2 * j + 3]))
+        else:
+            i = min(range(len(rates)), key=lambda j: rates[j].amount if self.allowed else 0)
+        self._tight: int = i
         return i
 
     @property
@@ -327,6 +332,12 @@ class RateLimiter:
             else:
                 tail += [rate.amount, period_us]
         self._tail = tuple(tail)
+        # the memory default with one GCRA limit: the twin bound to its store, no dispatch
+        self._local: Callable[[str, int], list[int]] | None = None
+        if isinstance(self.backend, MemoryBackend) and algorithm == "gcra" and len(tail) == 2:
+            clock_us = (None if clock is None
+                        else lambda: round(clock.time() * 1_000_000))  
+            self._local = gcra_one_bound(self.backend, tail[0], tail[1], clock_us)
         self._suffixes = tuple(f":{i}" for i in range(len(self.rates)))
         #: the IETF ``RateLimit-Policy`` field of this limiter (configuration only: built once)
         self.policy_field = ", ".join(
@@ -380,11 +391,29 @@ class RateLimiter:
 
     def acquire(self, key: KeyArg, cost: int = 1) -> Decision:
         """Decide for ``key`` and, if admitted, consume ``cost`` from every limit."""
+        if self._local is not None:
+            return self._acquire_local(key, cost)
         keys, args = self._request(key, cost)
         return self._decide(self._run(self._script, keys, args), cost)
 
+    def _acquire_local(self, key: KeyArg, cost: int) -> Decision:
+        """:meth:`acquire` on the memory default with one GCRA limit (its hottest path)."""
+        keys = self._key_cache.get(key)
+        if keys is None or type(key) is bool or type(cost) is not int or not (
+                1 <= cost <= MAX_AMOUNT):
+            keys = self._request(key, cost)[0]
+        raw = self._local(keys[0], cost)  # type: ignore[misc]  # set whenever this runs
+        if raw[0]:  # admitted: nothing to audit, no fallback to name
+            decision = Decision(True, raw, self)
+            if telemetry.active():
+                self._emit(decision, cost)
+            return decision
+        return self._decide(raw, cost)
+
     async def aacquire(self, key: KeyArg, cost: int = 1) -> Decision:
         """Async twin of :meth:`acquire`."""
+        if self._local is not None:  # in process: nothing to await
+            return self._acquire_local(key, cost)
         keys, args = self._request(key, cost)
         return self._decide(await self._guard.arun(self._script, keys, args), cost)
 

@@ -129,9 +129,11 @@ class MemoryBackend(Backend):
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
             raise ConfigurationError(f"max_keys must be a positive int; got {max_keys!r}")
         self.store = MemoryStore(max_keys)
-        self._lock = threading.Lock()
+        #: held around each whole operation (operations bound to this backend take it too)
+        self.lock = threading.Lock()
         self._ops: dict[str, MemoryOp] = load_ops()
-        self._now_us: Callable[[], int] = (
+        #: the backend's time in microseconds, for operations whose caller passed none
+        self.now_us: Callable[[], int] = (
             (lambda: round(clock.time() * 1_000_000)) if clock is not None
             else (lambda: time.time_ns() // 1000)
         )
@@ -149,8 +151,8 @@ class MemoryBackend(Backend):
             op = self._ops[script]
         except KeyError:
             raise ConfigurationError(f"unknown backend operation {script!r}") from None
-        now = args[0] or self._now_us()
-        with self._lock:
+        now = args[0] or self.now_us()
+        with self.lock:
             return op(self.store, keys, args, now)  # type: ignore[arg-type]  # ARGV[1] is int
 
     async def arun(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -158,7 +160,7 @@ class MemoryBackend(Backend):
 
     def clear(self) -> None:
         """Forget every key (tests, operator reset)."""
-        with self._lock:
+        with self.lock:
             self.store.clear()
 
     def __repr__(self) -> str:

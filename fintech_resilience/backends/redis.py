@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
 import threading
 import time
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
+import redis
 import redis.exceptions as rex
 
 from ..errors import BackendUnavailable, ConfigurationError
@@ -37,6 +39,9 @@ logger = logging.getLogger("fintech_resilience")
 
 _SCRIPTS: dict[str, tuple[str, bytes]] = {}
 _SCRIPTS_LOCK = threading.Lock()
+#: bumped in a forked child: connections made before the fork belong to the parent
+_FORKS = [0]
+os.register_at_fork(after_in_child=lambda: _FORKS.__setitem__(0, _FORKS[0] + 1))
 
 
 def script(name: str) -> tuple[str, bytes]:
@@ -118,6 +123,33 @@ def _unavailable(exc: BaseException) -> BackendUnavailable:
     return BackendUnavailable(f"Redis: {type(exc).__name__}: {exc}")
 
 
+class _ThreadConnections(threading.local):
+    """One connection per thread for sync decisions on a standalone Redis.
+
+    A decision is one command and one reply on a connection nobody else uses, so it skips the
+    pool's checkout (its lock and bookkeeping cost a fifth of a round trip). Like the pool, it
+    polls the socket first and reconnects if the server closed it (idle timeout, restart) or it
+    holds stray data. Any error other than a script's own error reply drops the connection (its
+    stream may hold a late reply); a forked child never uses its parent's. A thread's connection
+    closes when the thread ends.
+    """
+
+    conn: Any = None
+    fork = -1
+
+
+def _direct_pool(client: Any) -> Any:
+    """The pool whose connection settings a per-thread connection copies, or None when the
+    client needs its pool's logic (Sentinel follows the primary through it; Cluster routes)."""
+    pool = getattr(client, "connection_pool", None)
+    if type(client) is not redis.Redis or type(pool) not in (redis.ConnectionPool,
+                                                            redis.BlockingConnectionPool):
+        return None
+    if getattr(pool, "cache", None) is not None:  # client-side caching rides on the pool
+        return None
+    return pool
+
+
 class _Batch:
     """Concurrent asyncio decisions on one loop, sent together in one pipeline."""
 
@@ -172,6 +204,9 @@ class RedisBackend(Backend):
         self.max_in_flight = max_in_flight
         self._sync: Any = None
         self._sync_lock = threading.Lock()
+        self._direct: Any = ...  # the pool to copy per-thread connections from (None: no)
+        self._threads = _ThreadConnections()
+        self._opened: weakref.WeakSet[Any] = weakref.WeakSet()
         self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = (
             weakref.WeakKeyDictionary()
         )
@@ -235,15 +270,55 @@ class RedisBackend(Backend):
         return self._batch().client
 
     # -- operations ------------------------------------------------------------------------------
+    def _connection(self) -> Any:
+        """This thread's own connection, or None to go through the client's pool."""
+        pool = self._direct
+        if pool is ...:
+            pool = self._direct = _direct_pool(self.client)
+        if pool is None:
+            return None
+        local = self._threads
+        conn = local.conn
+        if conn is None or local.fork != _FORKS[0]:
+            conn = local.conn = pool.connection_class(**pool.connection_kwargs)
+            local.fork = _FORKS[0]
+            self._opened.add(conn)
+            return conn
+        try:  # as the pool checks: closed by the server (idle timeout, restart) or out of step
+            stale = conn.can_read()
+        except (rex.ConnectionError, rex.TimeoutError, OSError):
+            stale = True
+        if stale:
+            conn.disconnect()  # the command below connects afresh
+        return conn
+
+    def _call(self, conn: Any, *command: Any) -> Any:
+        try:
+            conn.send_packed_command(conn.pack_command(*command), False)
+            return conn.read_response()
+        except rex.ResponseError:
+            raise  # a whole error reply was read: the connection is still in step
+        except BaseException:
+            self._threads.conn = None
+            conn.disconnect()
+            raise
+
     def run(self, script_name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         sha, source = script(script_name)
         self.health.before_call()
-        client = self.client
+        conn = self._connection()
         try:
-            try:
-                result = client.evalsha(sha, len(keys), *keys, *args)
-            except rex.NoScriptError:
-                result = client.eval(source, len(keys), *keys, *args)
+            if conn is not None:
+                try:
+                    result = self._call(conn, "EVALSHA", sha, len(keys), *keys, *args)
+                except rex.NoScriptError:
+                    result = self._call(conn, "EVAL", source, len(keys), *keys, *args)
+            else:
+                client = self.client
+                try:
+                    result = client.evalsha(sha, len(keys), *keys, *args)
+                except rex.NoScriptError:
+                    result = client.eval(source, len(keys), *keys, *args)
         except rex.RedisError as exc:
             self.health.failure()
             raise _unavailable(exc) from exc
@@ -390,6 +465,11 @@ class RedisBackend(Backend):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
+        for conn in list(self._opened):
+            conn.disconnect()
+        self._opened.clear()
+        self._threads = _ThreadConnections()
+        self._direct = ...
         if self._sync is not None:
             self._sync.close()
             self._sync = None

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import memory_op
 
 if TYPE_CHECKING:
-    from ..memory import MemoryStore
+    from ..memory import MemoryBackend, MemoryStore
 
 
 def _ceil_ms_us(us: float) -> int:
@@ -67,7 +67,10 @@ def gcra(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: i
 
 def _gcra_one(store: MemoryStore, key: str, interval: float, tau: float, cost: float,
               now: float, now_us: int) -> list[int]:
-    """:func:`gcra` for a single limit, without the loops (same arithmetic, same reply)."""
+    """:func:`gcra` for a single limit, without the loops (same arithmetic, same reply).
+
+    ``int()`` stands for ``math.floor`` where the value cannot be negative (or is clamped to 0).
+    """
     entry = store.entry(key, now_us)
     tat = entry[0] if entry is not None else 0.0
     if tat < now:
@@ -78,7 +81,7 @@ def _gcra_one(store: MemoryStore, key: str, interval: float, tau: float, cost: f
     else:
         wait = (tat - now) + increment - tau
         if wait >= 1:
-            allowed, retry = 0, math.floor(wait + 0.5)
+            allowed, retry = 0, int(wait + 0.5)
         else:
             allowed, retry = 1, 0
             tat = tat + increment
@@ -88,8 +91,27 @@ def _gcra_one(store: MemoryStore, key: str, interval: float, tau: float, cost: f
             else:
                 entry[0] = tat
                 entry[1] = now_us + ttl
-    remaining = math.floor((tau - (tat - now)) / interval + 1e-6)
-    return [allowed, retry, remaining if remaining > 0 else 0, math.floor(tat - now + 0.5)]
+    remaining = int((tau - (tat - now)) / interval + 1e-6)
+    return [allowed, retry, remaining if remaining > 0 else 0, int(tat - now + 0.5)]
+
+
+def gcra_one_bound(backend: MemoryBackend, interval: float, tau: float,
+                   now_us: Callable[[], int] | None) -> Callable[[str, int], list[int]]:
+    """``ratelimit_gcra`` for one limit on ``backend``, bound to its store and lock.
+
+    The same twin as ``backend.run("ratelimit_gcra", [key], (0, cost, interval, tau))``, minus
+    the script dispatch and argument packing: the memory default's hottest path. ``now_us``
+    overrides the backend's clock (a limiter's ManualClock).
+    """
+    store, lock = backend.store, backend.lock
+    clock = now_us if now_us is not None else backend.now_us
+
+    def decide(key: str, cost: int) -> list[int]:
+        now = clock()
+        with lock:
+            return _gcra_one(store, key, interval, tau, cost, now, now)
+
+    return decide
 
 
 @memory_op("ratelimit_sliding_window")
