@@ -138,6 +138,20 @@ class _ThreadConnections(threading.local):
     fork = -1
 
 
+def _packer(pool: Any) -> Callable[[tuple[Any, ...]], bytes] | None:
+    """hiredis' C packer where it encodes exactly as the pool's connections would (UTF-8)."""
+    try:
+        import hiredis
+    except ImportError:
+        return None
+    encoding = str(pool.connection_kwargs.get("encoding", "utf-8")).lower().replace("_", "-")
+    errors = pool.connection_kwargs.get("encoding_errors", "strict")
+    if encoding not in ("utf-8", "utf8") or errors != "strict":
+        return None
+    pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
+    return pack
+
+
 def _direct_pool(client: Any) -> Any:
     """The pool whose connection settings a per-thread connection copies, or None when the
     client needs its pool's logic (Sentinel follows the primary through it; Cluster routes)."""
@@ -205,6 +219,7 @@ class RedisBackend(Backend):
         self._sync: Any = None
         self._sync_lock = threading.Lock()
         self._direct: Any = ...  # the pool to copy per-thread connections from (None: no)
+        self._pack: Callable[[tuple[Any, ...]], bytes] | None = None
         self._threads = _ThreadConnections()
         self._opened: weakref.WeakSet[Any] = weakref.WeakSet()
         self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = (
@@ -275,6 +290,7 @@ class RedisBackend(Backend):
         pool = self._direct
         if pool is ...:
             pool = self._direct = _direct_pool(self.client)
+            self._pack = _packer(pool) if pool is not None else None
         if pool is None:
             return None
         local = self._threads
@@ -293,8 +309,10 @@ class RedisBackend(Backend):
         return conn
 
     def _call(self, conn: Any, *command: Any) -> Any:
+        pack = self._pack
         try:
-            conn.send_packed_command(conn.pack_command(*command), False)
+            conn.send_packed_command([pack(command)] if pack is not None
+                                     else conn.pack_command(*command), False)
             return conn.read_response()
         except rex.ResponseError:
             raise  # a whole error reply was read: the connection is still in step

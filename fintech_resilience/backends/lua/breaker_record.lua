@@ -12,7 +12,16 @@
 --          15 half_open_calls, 16 ttl_ms
 -- An outcome from an earlier generation (the call started before a transition) is not counted.
 -- Returns {state, gen, retry_after_us, 1, transition_from (-1: none), calls, failures, slow}
---#include _now.lua
+-- The steady state (CLOSED, count window) needs no clock: `now` is read from TIME only when
+-- used, and the outcome is written with one HSET.
+local now = tonumber(ARGV[1])
+local function clock()
+  if now == 0 then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  return now
+end
 local function num(x) return string.format('%.17g', x) end
 local key = KEYS[1]
 local h = redis.call('HMGET', key, 'st', 'ov', 'gen', 'until', 'trips', 'n', 'f', 's', 'seq',
@@ -39,7 +48,7 @@ local function reply()
   local state = st
   if ov ~= 0 then state = ov end
   local ra = 0
-  if state == 1 and untl > now then ra = untl - now end
+  if state == 1 and untl > clock() then ra = untl - now end
   return {state, gen, math.floor(ra + 0.5), 1, from, n, f, s}
 end
 
@@ -57,7 +66,7 @@ local function transition(to)
       if dur >= maxb then break end
     end
     if dur > maxb then dur = maxb end
-    untl = now + dur
+    untl = clock() + dur
   else
     trips = 0
     untl = 0
@@ -108,6 +117,7 @@ if verdict == 0 or (st ~= 0 and ov ~= 5) then return reply() end
 
 -- CLOSED (or METRICS_ONLY): count the outcome in the window
 local size = tonumber(ARGV[7])
+local slot
 if tonumber(ARGV[6]) == 1 then
   local seq = tonumber(h[9] or 0)
   local old = tonumber(redis.call('HGET', key, 'r' .. seq) or 0)
@@ -116,9 +126,9 @@ if tonumber(ARGV[6]) == 1 then
     f = f - (old - 1) % 2
     s = s - math.floor((old - 1) / 2)
   end
-  redis.call('HSET', key, 'r' .. seq, 1 + fail + 2 * slow, 'seq', (seq + 1) % size)
+  slot = {'r' .. seq, 1 + fail + 2 * slow, 'seq', (seq + 1) % size}
 else
-  local b = math.floor(now / tonumber(ARGV[8]))
+  local b = math.floor(clock() / tonumber(ARGV[8]))
   local last = tonumber(h[10] or b)
   if b > last then
     local steps = b - last
@@ -137,15 +147,15 @@ else
   redis.call('HINCRBY', key, 'c' .. i, 1)
   if fail == 1 then redis.call('HINCRBY', key, 'e' .. i, 1) end
   if slow == 1 then redis.call('HINCRBY', key, 'w' .. i, 1) end
-  redis.call('HSET', key, 'last', num(last))
+  slot = {'last', num(last)}
 end
 n = n + 1
 f = f + fail
 s = s + slow
 if ov == 0 and n >= tonumber(ARGV[9]) and (f / n >= frate or s / n >= srate) then
-  transition(1)
+  transition(1)  -- forgets the window: the slot need not be written
 else
-  redis.call('HSET', key, 'st', st, 'gen', gen, 'n', n, 'f', f, 's', s)
+  redis.call('HSET', key, 'st', st, 'gen', gen, 'n', n, 'f', f, 's', s, unpack(slot))
   redis.call('PEXPIRE', key, ARGV[16])
 end
 return reply()
