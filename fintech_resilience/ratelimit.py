@@ -336,7 +336,7 @@ class RateLimiter:
         self._local: Callable[[str, int], list[int]] | None = None
         if isinstance(self.backend, MemoryBackend) and algorithm == "gcra" and len(tail) == 2:
             clock_us = (None if clock is None
-                        else lambda: round(clock.time() * 1_000_000))  
+                        else lambda: round(clock.time() * 1_000_000))
             self._local = gcra_one_bound(self.backend, tail[0], tail[1], clock_us)
         self._suffixes = tuple(f":{i}" for i in range(len(self.rates)))
         #: the IETF ``RateLimit-Policy`` field of this limiter (configuration only: built once)

@@ -31,6 +31,7 @@ import redis.exceptions as rex
 
 from ..errors import BackendUnavailable, ConfigurationError
 from ._redis_clients import ClientFactory, factory_from_client, factory_from_url
+from ._redis_lane import Lane, settings_of
 from .base import Arg, Backend
 
 __all__ = ["HealthBreaker", "RedisBackend"]
@@ -165,12 +166,17 @@ def _direct_pool(client: Any) -> Any:
 
 
 class _Batch:
-    """Concurrent asyncio decisions on one loop, sent together in one pipeline."""
+    """Per event loop: the asyncio client, and the lane or pipeline concurrent decisions share."""
 
-    __slots__ = ("client", "in_flight", "lock", "pending", "ready", "scheduled")
+    __slots__ = ("client", "in_flight", "lane", "lane_settings", "lock", "opening", "pending",
+                 "ready", "scheduled")
 
-    def __init__(self, client: Any, ready: bool, max_in_flight: int) -> None:
+    def __init__(self, client: Any, ready: bool, max_in_flight: int, lanes: bool) -> None:
         self.client = client
+        # standalone: decisions go through one pipelined connection of our own (see _redis_lane)
+        self.lane_settings = settings_of(client) if lanes else None
+        self.lane: Lane | None = None
+        self.opening: asyncio.Future[Lane] | None = None
         self.pending: list[tuple[str, Sequence[str], Sequence[Arg], asyncio.Future[Any]]] = []
         self.scheduled = False
         # redis-py's asyncio cluster client must discover the slots once before concurrent use,
@@ -262,9 +268,10 @@ class RedisBackend(Backend):
                 raise ConfigurationError(
                     "this RedisBackend has no asyncio client; pass async_client=..."
                 )
-            batch = self._batches[loop] = _Batch(self._factory.asyncio(),
-                                                 ready=self.topology != "cluster",
-                                                 max_in_flight=self.max_in_flight)
+            batch = self._batches[loop] = _Batch(
+                self._factory.asyncio(), ready=self.topology != "cluster",
+                max_in_flight=self.max_in_flight,
+                lanes=self.pipeline and self.topology == "standalone")
         return batch
 
     async def _ready_batch(self) -> _Batch:
@@ -347,9 +354,11 @@ class RedisBackend(Backend):
         return result
 
     async def arun(self, script_name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        script(script_name)  # unknown names fail here, before anything is queued
+        sha, source = script(script_name)  # unknown names fail here, before anything is queued
         self.health.before_call()
         batch = self._batch()
+        if batch.lane_settings is not None:
+            return await self._run_lane(batch, sha, source, keys, args)
         if not batch.ready:
             batch = await self._ready_batch()
         if not self.pipeline or self.topology == "cluster":
@@ -379,6 +388,40 @@ class RedisBackend(Backend):
         future = asyncio.get_running_loop().create_future()
         batch.pending.append((script_name, keys, args, future))
         return await future
+
+    async def _run_lane(self, batch: _Batch, sha: str, source: bytes, keys: Sequence[str],
+                        args: Sequence[Arg]) -> Any:
+        lane = batch.lane
+        try:
+            if lane is None or lane.closed:
+                lane = await self._open_lane(batch)
+            reply = await lane.call(("EVALSHA", sha, len(keys), *keys, *args))
+            if isinstance(reply, Exception):  # an error reply
+                if str(reply).startswith("NOSCRIPT"):
+                    reply = await lane.call(("EVAL", source, len(keys), *keys, *args))
+                if isinstance(reply, Exception):
+                    raise rex.ResponseError(str(reply))
+        except (rex.RedisError, OSError) as exc:  # OSError: TimeoutError and socket errors
+            self.health.failure()
+            raise _unavailable(exc) from exc
+        self.health.success()
+        return reply
+
+    async def _open_lane(self, batch: _Batch) -> Lane:
+        # concurrent first calls wait for one connection together (and then share its first
+        # write); a caller that gives up does not cancel the connection the others wait for
+        opening = batch.opening
+        if opening is None:
+            assert batch.lane_settings is not None
+            opening = batch.opening = asyncio.ensure_future(Lane.open(batch.lane_settings))
+
+            def opened(done: asyncio.Future[Lane]) -> None:
+                batch.opening = None
+                if not done.cancelled() and done.exception() is None:
+                    batch.lane = done.result()
+
+            opening.add_done_callback(opened)
+        return await asyncio.shield(opening)
 
     async def _run_one(self, client: Any, script_name: str, keys: Sequence[str],
                        args: Sequence[Arg]) -> Any:
@@ -496,6 +539,8 @@ class RedisBackend(Backend):
         loop = asyncio.get_running_loop()
         batch = self._batches.pop(loop, None)
         if batch is not None:
+            if batch.lane is not None:
+                batch.lane.close()
             await batch.client.aclose()
         self.close()
 

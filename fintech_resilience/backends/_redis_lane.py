@@ -1,0 +1,206 @@
+"""One Redis connection per event loop for asyncio decisions: written together, read in order.
+
+Every command issued during one event-loop iteration is written in one ``write`` at the end of
+that iteration; the replies come back in the same order and are matched to their callers as
+they arrive, parsed by hiredis in C. A lone decision therefore costs one write and one read, and
+50 concurrent decisions share one round trip, while each stays its own atomic script.
+
+It replaces redis-py's asyncio client on the decision path only where it speaks exactly as that
+client would: a standalone server over TCP or a Unix socket, RESP2, UTF-8, optional
+``AUTH``/``SELECT``/``CLIENT SETNAME``. TLS, Sentinel, Cluster and credential providers keep
+redis-py (:func:`settings_of` returns None for them).
+
+Failure rules: a reply later than ``timeout`` closes the connection and fails every waiting
+command (their streams can no longer be trusted); a lost connection fails them too; a caller
+that stops waiting (cancellation) leaves its reply to be read and dropped, so the connection
+stays in step. A closed lane is replaced by the backend on the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions as rex
+
+__all__ = ["Lane", "LaneSettings", "settings_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSettings:
+    host: str
+    port: int
+    path: str | None
+    db: int
+    username: str | None
+    password: str | None
+    client_name: str | None
+    timeout: float
+    connect_timeout: float
+
+
+def settings_of(client: Any) -> LaneSettings | None:
+    """Connection settings of a standalone asyncio client, or None where a lane cannot stand in
+    for it exactly."""
+    try:
+        import hiredis  # noqa: F401 - the lane parses and packs with it
+    except ImportError:
+        return None
+    if type(client) is not redis.asyncio.Redis:
+        return None
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
+    if pool.connection_class not in (redis.asyncio.Connection,
+                                     redis.asyncio.UnixDomainSocketConnection):
+        return None
+    if (kw.get("credential_provider") is not None or kw.get("decode_responses")
+            or str(kw.get("protocol") or 2) != "2"
+            or str(kw.get("encoding", "utf-8")).lower() not in ("utf-8", "utf8")
+            or kw.get("encoding_errors", "strict") != "strict"):
+        return None
+    timeout = kw.get("socket_timeout")
+    if not timeout:
+        return None  # redis-py would wait forever; a lane always has a deadline
+    return LaneSettings(
+        host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)), path=kw.get("path"),
+        db=int(kw.get("db", 0) or 0), username=kw.get("username"), password=kw.get("password"),
+        client_name=kw.get("client_name"), timeout=float(timeout),
+        connect_timeout=float(kw.get("socket_connect_timeout") or timeout))
+
+
+class Lane(asyncio.Protocol):
+    """A pipelined connection: :meth:`call` returns a future of the command's reply."""
+
+    def __init__(self, timeout: float) -> None:
+        import hiredis
+
+        self._pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
+        self._reader = hiredis.Reader()
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._transport: asyncio.Transport | None = None
+        # (future, monotonic time it was written) in the order of the replies to come
+        self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self._out: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._keeper: asyncio.Task[None] | None = None
+        self.closed = False
+
+    @classmethod
+    async def open(cls, settings: LaneSettings) -> Lane:
+        """Connect and run the handshake (``AUTH``, ``SELECT``, ``CLIENT SETNAME``)."""
+        loop = asyncio.get_running_loop()
+        lane = cls(settings.timeout)
+        async with asyncio.timeout(settings.connect_timeout):
+            if settings.path is not None:
+                await loop.create_unix_connection(lambda: lane, settings.path)
+            else:
+                await loop.create_connection(lambda: lane, settings.host, settings.port)
+        try:
+            hello: list[tuple[Any, ...]] = []
+            if settings.password is not None:
+                hello.append(("AUTH", settings.username, settings.password)
+                             if settings.username else ("AUTH", settings.password))
+            if settings.db:
+                hello.append(("SELECT", settings.db))
+            if settings.client_name:
+                hello.append(("CLIENT", "SETNAME", settings.client_name))
+            for reply in await asyncio.gather(*(lane.call(c) for c in hello)):
+                if isinstance(reply, Exception):
+                    raise rex.ConnectionError(f"Redis refused the connection setup: {reply}")
+        except BaseException:
+            lane.close()
+            raise
+        lane._keeper = loop.create_task(lane._close_at_shutdown())
+        return lane
+
+    async def _close_at_shutdown(self) -> None:
+        """Close the connection when the event loop shuts down (``asyncio.run`` and its kin
+        cancel the tasks still pending), so no socket outlives its loop unclosed."""
+        try:
+            await self._done
+        finally:
+            self.close()
+
+    # -- commands ----------------------------------------------------------------------------
+    def call(self, command: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Queue ``command``; the future gets its reply (error replies as exception *values*)."""
+        future = self._loop.create_future()
+        if self.closed:
+            future.set_exception(rex.ConnectionError("the Redis connection is closed"))
+            return future
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(self._pack(command))
+        self._waiting.append((future, 0.0))
+        return future
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.closed or self._transport is None:
+            return
+        now = time.monotonic()
+        waiting = self._waiting
+        # stamp the commands just written (the newest len(out) entries)
+        for i in range(len(waiting) - len(out), len(waiting)):
+            waiting[i] = (waiting[i][0], now)
+        self._transport.write(b"".join(out))
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._loop.time() + self._timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self._waiting:
+            return
+        oldest = self._waiting[0][1]
+        if not oldest:
+            return  # nothing written is outstanding: the next flush arms the timer again
+        late = time.monotonic() - oldest
+        if late >= self._timeout:
+            self._fail(rex.TimeoutError(f"no reply from Redis within {self._timeout:.3f}s"))
+            return
+        self._timer = self._loop.call_at(self._loop.time() + self._timeout - late, self._expire)
+
+    # -- protocol ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        waiting = self._waiting
+        try:
+            while (reply := reader.gets()) is not False:
+                future = waiting.popleft()[0]
+                if not future.done():  # a cancelled caller's reply is read and dropped
+                    future.set_result(reply)
+        except Exception as exc:  # a protocol error or a reply nobody asked for
+            self._fail(rex.ConnectionError(f"Redis stream out of step: {exc!r}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(rex.ConnectionError(f"Redis closed the connection: {exc or 'EOF'}"))
+
+    # -- shutdown ----------------------------------------------------------------------------
+    def _fail(self, error: Exception) -> None:
+        self.closed = True
+        if not self._done.done():
+            self._done.set_result(None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting, self._waiting = self._waiting, collections.deque()
+        for future, _ in waiting:
+            if not future.done():
+                future.set_exception(error)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def close(self) -> None:
+        """Fail whatever still waits and drop the connection."""
+        self._fail(rex.ConnectionError("the Redis connection was closed"))

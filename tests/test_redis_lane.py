@@ -1,0 +1,157 @@
+"""Asyncio decisions on a standalone Redis go through one pipelined connection per event loop.
+
+What redis-py's pool guaranteed must hold for the lane too: replies are never handed to the
+wrong caller (timeouts, cancellations, dropped connections), the connection setup speaks as the
+client would (AUTH with a user, SELECT, CLIENT SETNAME), scripts are reloaded after SCRIPT
+FLUSH, and no socket outlives its event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import warnings
+
+import pytest
+import redis
+
+from fintech_resilience import BackendUnavailable, RateLimiter, RedisBackend
+from fintech_resilience.backends._redis_lane import Lane, settings_of
+
+pytestmark = pytest.mark.redis
+
+
+def _limiter(url: str, *, timeout: float = 1.0, **options) -> RateLimiter:
+    # 1000/hour: nothing refills during a test, so each decision's remaining is exact
+    backend = RedisBackend.from_url(url, timeout=timeout, **options)
+    return RateLimiter("1000/hour", backend=backend, name="lane", on_backend_error="raise")
+
+
+def _named(url: str, name: str) -> list[dict]:
+    admin = redis.Redis.from_url(url)
+    try:
+        return [c for c in admin.client_list() if c.get("name") == name]
+    finally:
+        admin.close()
+
+
+async def test_decisions_share_one_connection_and_setup_speaks_as_the_client(
+        redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+    admin.acl_setuser("lane-user", enabled=True, passwords=["+s3cret"], keys=["*"],
+                      commands=["+@all"])
+    host_port = redis_url.split("//", 1)[1].split("/", 1)[0]
+    url = f"redis://lane-user:s3cret@{host_port}/3"
+    rl = _limiter(url, client_name="lane-test")
+    try:
+        assert settings_of(rl.backend.async_client()) is not None  # the lane is in use
+        decisions = await asyncio.gather(*(rl.aacquire(f"k{i % 3}") for i in range(30)))
+        assert sorted(d.remaining for d in decisions) == sorted(
+            r for k in range(3) for r in range(990, 1000))
+        (conn,) = _named(redis_url, "lane-test")  # one connection for all 30
+        assert conn["user"] == "lane-user" and int(conn["db"]) == 3
+        assert admin.dbsize() == 0  # the keys went to db 3
+        assert redis.Redis.from_url(f"redis://{host_port}/3").dbsize() == 3
+    finally:
+        await rl.backend.aclose()
+        admin.acl_deluser("lane-user")
+        redis.Redis.from_url(f"redis://{host_port}/3").flushdb()
+        admin.close()
+    assert _named(redis_url, "lane-test") == []  # aclose() closed it
+
+
+async def test_a_late_reply_fails_its_callers_and_never_reaches_another(redis_url: str) -> None:
+    rl = _limiter(redis_url, timeout=0.2)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        assert (await rl.aacquire("a")).remaining == 999
+        admin.execute_command("CLIENT", "PAUSE", 700, "ALL")
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable):
+            await rl.aacquire("a")
+        assert time.monotonic() - started < 0.6  # the timeout, not the pause, ended the wait
+        admin.execute_command("CLIENT", "UNPAUSE")
+        rl.backend.health.success()  # let the next call through at once
+        # a late reply to "a" would say 998; "b" gets its own answer on a new connection
+        assert (await rl.aacquire("b")).remaining == 999
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.close()
+        await rl.backend.aclose()
+
+
+async def test_a_cancelled_caller_leaves_the_connection_in_step(redis_url: str) -> None:
+    rl = _limiter(redis_url)
+    try:
+        assert (await rl.aacquire("warm")).allowed  # the connection is open
+        waiting = asyncio.ensure_future(rl.aacquire("a"))
+        await asyncio.sleep(0)  # the command is queued...
+        waiting.cancel()  # ...and its caller gives up before the reply
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (await rl.aacquire("b")).remaining == 999  # b's own reply, not a's
+        assert (await rl.aacquire("a")).remaining in (998, 999)  # a ran once at most
+    finally:
+        await rl.backend.aclose()
+
+
+async def test_a_connection_the_server_closed_is_replaced(redis_url: str) -> None:
+    rl = _limiter(redis_url, client_name="lane-kill")
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        assert (await rl.aacquire("k")).remaining == 999
+        (before,) = _named(redis_url, "lane-kill")
+        admin.client_kill_filter(_id=before["id"])
+        for _ in range(50):  # the lane learns of the close from the event loop
+            await asyncio.sleep(0.01)
+        decision = await rl.aacquire("k")
+        assert decision.remaining == 998 and decision.fallback is None
+        (after,) = _named(redis_url, "lane-kill")
+        assert after["id"] != before["id"]
+    finally:
+        admin.close()
+        await rl.backend.aclose()
+
+
+async def test_scripts_are_reloaded_after_script_flush(redis_url: str) -> None:
+    rl = _limiter(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        assert (await rl.aacquire("k")).remaining == 999
+        admin.script_flush()
+        decisions = await asyncio.gather(*(rl.aacquire("k") for _ in range(5)))
+        assert sorted(d.remaining for d in decisions) == [994, 995, 996, 997, 998]
+    finally:
+        admin.close()
+        await rl.backend.aclose()
+
+
+def test_no_socket_outlives_its_event_loop(redis_url: str) -> None:
+    rl = _limiter(redis_url, client_name="lane-loop")
+
+    async def decide() -> int:
+        return (await rl.aacquire("k")).remaining
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        assert asyncio.run(decide()) == 999  # no aclose(): the loop's shutdown closes the lane
+        assert asyncio.run(decide()) == 998  # a new loop, a new connection
+        gc.collect()
+    deadline = time.monotonic() + 2
+    while _named(redis_url, "lane-loop") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _named(redis_url, "lane-loop") == []
+    rl.backend.close()
+
+
+async def test_a_lane_refuses_calls_once_closed(redis_url: str) -> None:
+    backend = RedisBackend.from_url(redis_url, timeout=1.0)
+    settings = settings_of(backend.async_client())
+    assert settings is not None
+    lane = await Lane.open(settings)
+    assert await lane.call(("PING",)) == b"PONG"
+    lane.close()
+    with pytest.raises(redis.ConnectionError):
+        await lane.call(("PING",))
+    await backend.aclose()
