@@ -120,7 +120,7 @@ def parse_idempotency_key(values: Sequence[bytes | str]) -> str | None:
         raise IdempotencyKeyInvalid(
             f"an Idempotency-Key has at most {MAX_KEY_LENGTH} characters; got {len(text)}"
         )
-    if not all(" " <= ch <= "~" for ch in text):
+    if not (text.isascii() and text.isprintable()):  # 0x20-0x7E
         raise IdempotencyKeyInvalid("an Idempotency-Key is printable ASCII (0x20-0x7E) only")
     return text
 

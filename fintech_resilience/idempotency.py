@@ -24,7 +24,6 @@ Inside a handler, :func:`current_idempotency` gives the fencing token and a down
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import functools
 import hmac
@@ -34,7 +33,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
@@ -472,35 +471,14 @@ class IdempotencyStore:
         return IdempotencyContext(claim.key_hash, claim.fencing_token, claim.reclaimed, claim,
                                   self)
 
-    @contextlib.contextmanager
-    def holding(self, claim: Claim) -> Iterator[IdempotencyContext]:
-        """Run a block as the owner of ``claim``: set :func:`current_idempotency` and renew the
-        lease every ``lease / 3`` seconds in a background thread."""
-        ctx = self._context(claim)
-        token = _CURRENT.set(ctx)
-        renewer = self._thread_renewer() if self.renew_leases and not claim.fallback else None
-        if renewer is not None:
-            renewer.add(claim)
-        try:
-            yield ctx
-        finally:
-            if renewer is not None:
-                renewer.remove(claim)
-            _CURRENT.reset(token)
+    def holding(self, claim: Claim) -> _Holding:
+        """``with store.holding(claim) as ctx:`` runs a block as the owner of ``claim``: sets
+        :func:`current_idempotency` and renews the lease every ``lease / 3`` seconds (in a
+        background thread; with ``async with``, as timer callbacks on the running loop)."""
+        return _Holding(self, claim)
 
-    @contextlib.asynccontextmanager
-    async def aholding(self, claim: Claim) -> AsyncIterator[IdempotencyContext]:
-        """Async twin of :meth:`holding` (renewals are timer callbacks on the running loop)."""
-        ctx = self._context(claim)
-        token = _CURRENT.set(ctx)
-        lease = (_LoopRenewer(self, claim) if self.renew_leases and not claim.fallback
-                 else None)
-        try:
-            yield ctx
-        finally:
-            if lease is not None:
-                lease.stop()
-            _CURRENT.reset(token)
+    #: the same object, named for ``async with`` (kept for symmetry with the other ``a*`` names)
+    aholding = holding
 
     def _thread_renewer(self) -> _ThreadRenewer:
         if self._renewer is None:
@@ -583,6 +561,47 @@ class _ThreadRenewer:
                     continue  # the next tick tries again; the lease may still be alive
                 if not ok:
                     self.remove(claim)
+
+
+class _Holding:
+    """The context of :meth:`IdempotencyStore.holding`, for ``with`` and ``async with``."""
+
+    __slots__ = ("claim", "lease", "store", "token")
+
+    def __init__(self, store: IdempotencyStore, claim: Claim) -> None:
+        self.store = store
+        self.claim = claim
+        self.lease: _ThreadRenewer | _LoopRenewer | None = None
+
+    def _enter(self) -> IdempotencyContext:
+        ctx = self.store._context(self.claim)
+        self.token = _CURRENT.set(ctx)
+        return ctx
+
+    def _renews(self) -> bool:
+        return self.store.renew_leases and not self.claim.fallback
+
+    def __enter__(self) -> IdempotencyContext:
+        if self._renews():
+            self.lease = self.store._thread_renewer()
+            self.lease.add(self.claim)
+        return self._enter()
+
+    async def __aenter__(self) -> IdempotencyContext:
+        if self._renews():
+            self.lease = _LoopRenewer(self.store, self.claim)
+        return self._enter()
+
+    def __exit__(self, *exc_info: object) -> None:
+        lease = self.lease
+        if isinstance(lease, _ThreadRenewer):
+            lease.remove(self.claim)
+        elif lease is not None:
+            lease.stop()
+        _CURRENT.reset(self.token)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__()
 
 
 class _LoopRenewer:
