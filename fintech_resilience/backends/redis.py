@@ -2,9 +2,11 @@
 
 Each operation is a Lua script from ``backends/lua/``, run with EVALSHA (reloaded with EVAL on
 NOSCRIPT, as after a restart, a failover or ``SCRIPT FLUSH``). One object serves sync callers
-(``run``) and asyncio callers (``arun``); asyncio decisions issued concurrently on one event loop
-share a pipeline, so 50 tasks cost one round trip instead of 50, while each decision stays its own
-atomic script.
+(``run``) and asyncio callers (``arun``). On a standalone Redis, sync decisions use one
+connection per thread and asyncio decisions one pipelined connection per event loop
+(``_redis_lane``), so 50 concurrent tasks cost one round trip instead of 50 while each decision
+stays its own atomic script; with TLS, Sentinel or Cluster, redis-py's clients carry them
+(concurrent asyncio decisions then share a redis-py pipeline, except on Cluster).
 
 A small health breaker sits in front of Redis: after ``failure_threshold`` consecutive failures it
 stops calling Redis for ``cooldown`` seconds and fails immediately with
@@ -196,8 +198,9 @@ class RedisBackend(Backend):
     :param async_client: the asyncio client, where it cannot be derived from ``client``.
     :param failure_threshold: consecutive failures that open the health breaker.
     :param cooldown: seconds the health breaker stays open before one probe.
-    :param pipeline: share one pipeline between concurrent asyncio decisions (default True;
-        standalone and Sentinel only - on Cluster each decision is its own EVALSHA).
+    :param pipeline: share one round trip between concurrent asyncio decisions (default True:
+        one pipelined connection per event loop on a standalone Redis, a redis-py pipeline on
+        Sentinel; on Cluster each decision is its own EVALSHA). False: one redis-py call each.
     :param max_in_flight: asyncio calls that are not pipelined wait beyond this many in flight
         per event loop (keeps redis-py's connection pool from overflowing).
     """
