@@ -1304,3 +1304,21 @@ def live_servers() -> list[RedisServer]:
     """The servers started by this process that have not been stopped (for diagnostics)."""
     with _live_lock:
         return list(_live)
+
+
+def connections_named(url: str, name: str) -> list[dict[str, Any]]:
+    """The server's connections whose ``CLIENT SETNAME`` is ``name`` (``CLIENT LIST`` rows)."""
+    admin = redis.Redis.from_url(url)
+    try:
+        return [c for c in admin.client_list() if c.get("name") == name]
+    finally:
+        admin.close()
+
+
+def all_closed(url: str, name: str, timeout: float = 5.0) -> bool:
+    """True once the server holds no connection named ``name`` (it learns of a close on its own
+    time: poll up to ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while connections_named(url, name) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return connections_named(url, name) == []

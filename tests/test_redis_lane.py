@@ -15,6 +15,7 @@ import warnings
 
 import pytest
 import redis
+import servers
 
 from fintech_resilience import BackendUnavailable, RateLimiter, RedisBackend
 from fintech_resilience.backends._redis_lane import Lane, settings_of
@@ -26,23 +27,6 @@ def _limiter(url: str, *, timeout: float = 1.0, **options) -> RateLimiter:
     # 1000/hour: nothing refills during a test, so each decision's remaining is exact
     backend = RedisBackend.from_url(url, timeout=timeout, **options)
     return RateLimiter("1000/hour", backend=backend, name="lane", on_backend_error="raise")
-
-
-def _named(url: str, name: str) -> list[dict]:
-    admin = redis.Redis.from_url(url)
-    try:
-        return [c for c in admin.client_list() if c.get("name") == name]
-    finally:
-        admin.close()
-
-
-def _closed(url: str, name: str) -> bool:
-    """True once the server has no connection named ``name`` (it learns of a close on its own
-    time)."""
-    deadline = time.monotonic() + 5
-    while _named(url, name) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return _named(url, name) == []
 
 
 async def test_decisions_share_one_connection_and_setup_speaks_as_the_client(
@@ -58,7 +42,7 @@ async def test_decisions_share_one_connection_and_setup_speaks_as_the_client(
         decisions = await asyncio.gather(*(rl.aacquire(f"k{i % 3}") for i in range(30)))
         assert sorted(d.remaining for d in decisions) == sorted(
             r for k in range(3) for r in range(990, 1000))
-        (conn,) = _named(redis_url, "lane-test")  # one connection for all 30
+        (conn,) = servers.connections_named(redis_url, "lane-test")  # one connection for all 30
         assert conn["user"] == "lane-user" and int(conn["db"]) == 3
         assert admin.dbsize() == 0  # the keys went to db 3
         assert redis.Redis.from_url(f"redis://{host_port}/3").dbsize() == 3
@@ -67,7 +51,7 @@ async def test_decisions_share_one_connection_and_setup_speaks_as_the_client(
         admin.acl_deluser("lane-user")
         redis.Redis.from_url(f"redis://{host_port}/3").flushdb()
         admin.close()
-    assert _closed(redis_url, "lane-test")  # aclose() closed it
+    assert servers.all_closed(redis_url, "lane-test")  # aclose() closed it
 
 
 async def test_a_late_reply_fails_its_callers_and_never_reaches_another(redis_url: str) -> None:
@@ -110,13 +94,13 @@ async def test_a_connection_the_server_closed_is_replaced(redis_url: str) -> Non
     admin = redis.Redis.from_url(redis_url)
     try:
         assert (await rl.aacquire("k")).remaining == 999
-        (before,) = _named(redis_url, "lane-kill")
+        (before,) = servers.connections_named(redis_url, "lane-kill")
         admin.client_kill_filter(_id=before["id"])
         for _ in range(50):  # the lane learns of the close from the event loop
             await asyncio.sleep(0.01)
         decision = await rl.aacquire("k")
         assert decision.remaining == 998 and decision.fallback is None
-        (after,) = _named(redis_url, "lane-kill")
+        (after,) = servers.connections_named(redis_url, "lane-kill")
         assert after["id"] != before["id"]
     finally:
         admin.close()
@@ -147,7 +131,7 @@ def test_no_socket_outlives_its_event_loop(redis_url: str) -> None:
         assert asyncio.run(decide()) == 999  # no aclose(): the loop's shutdown closes the lane
         assert asyncio.run(decide()) == 998  # a new loop, a new connection
         gc.collect()
-    assert _closed(redis_url, "lane-loop")
+    assert servers.all_closed(redis_url, "lane-loop")
     rl.backend.close()
 
 

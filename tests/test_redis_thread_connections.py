@@ -13,27 +13,11 @@ import time
 
 import pytest
 import redis
+import servers
 
 from fintech_resilience import BackendUnavailable, RateLimiter, RedisBackend
 
 pytestmark = pytest.mark.redis
-
-
-def _clients(url: str, name: str) -> list[dict]:
-    admin = redis.Redis.from_url(url)
-    try:
-        return [c for c in admin.client_list() if c.get("name") == name]
-    finally:
-        admin.close()
-
-
-def _closed(url: str, name: str) -> bool:
-    """True once the server has no connection named ``name`` (it learns of a close on its own
-    time)."""
-    deadline = time.monotonic() + 5
-    while _clients(url, name) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return _clients(url, name) == []
 
 
 def _limiter(url: str) -> RateLimiter:
@@ -59,24 +43,24 @@ def test_each_thread_decides_on_its_own_connection_not_the_pool(redis_url: str) 
         t.join()
     try:
         assert sorted(seen) == list(range(800, 1000))  # each decision consumed exactly one unit
-        assert len(_clients(redis_url, "direct")) == 4
+        assert len(servers.connections_named(redis_url, "direct")) == 4
         assert rl.backend.client.connection_pool._created_connections == 0  # pool untouched
     finally:
         rl.backend.close()
-    assert _closed(redis_url, "direct")  # close() closed every thread's connection
+    assert servers.all_closed(redis_url, "direct")  # close() closed every thread's connection
 
 
 def test_a_connection_the_server_closed_is_replaced_before_use(redis_url: str) -> None:
     rl = _limiter(redis_url)
     try:
         assert rl.acquire("k").allowed
-        (before,) = _clients(redis_url, "direct")
+        (before,) = servers.connections_named(redis_url, "direct")
         admin = redis.Redis.from_url(redis_url)
         admin.client_kill_filter(_id=before["id"])
         admin.close()
         decision = rl.acquire("k")  # on_backend_error="raise": a failure would raise here
         assert decision.allowed and decision.fallback is None
-        (after,) = _clients(redis_url, "direct")
+        (after,) = servers.connections_named(redis_url, "direct")
         assert after["id"] != before["id"]
     finally:
         rl.backend.close()
@@ -126,9 +110,11 @@ def test_a_forked_child_never_uses_its_parents_connection(redis_url: str) -> Non
         assert got == [998, 997, 996, 995, 994]
         assert rl.acquire("k").remaining == 993  # the parent's connection is still in step
         deadline = time.monotonic() + 5  # the server notices the child's exit on its own time
-        while len(_clients(redis_url, "direct")) > 1 and time.monotonic() < deadline:
+        while (len(servers.connections_named(redis_url, "direct")) > 1
+               and time.monotonic() < deadline):
             time.sleep(0.01)
-        assert len(_clients(redis_url, "direct")) == 1  # the child's closed when it exited
+        # the child's connection closed when it exited; the parent's is the one left
+        assert len(servers.connections_named(redis_url, "direct")) == 1
     finally:
         _CHILD_LIMITER.clear()
         rl.backend.close()
