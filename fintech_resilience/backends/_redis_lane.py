@@ -1,9 +1,10 @@
 """One Redis connection per event loop for asyncio decisions: written together, read in order.
 
-Every command issued during one event-loop iteration is written in one ``write`` at the end of
-that iteration; the replies come back in the same order and are matched to their callers as
-they arrive, parsed by hiredis in C. A lone decision therefore costs one write and one read, and
-50 concurrent decisions share one round trip, while each stays its own atomic script.
+A command issued while nothing is in flight is written at once; commands issued while replies
+are awaited are written together at the end of the event-loop iteration. Replies come back in
+order and are matched to their callers as they arrive, parsed by hiredis in C. A lone decision
+therefore costs one write and one read, and 50 concurrent decisions share (at most) two
+writes and one round trip's wait, while each stays its own atomic script.
 
 It replaces redis-py's asyncio client on the decision path only where it speaks exactly as that
 client would: a standalone server over TCP or a Unix socket, RESP2, UTF-8, optional
@@ -135,10 +136,13 @@ class Lane(asyncio.Protocol):
         if self.closed:
             future.set_exception(rex.ConnectionError("the Redis connection is closed"))
             return future
-        if not self._out:
-            self._loop.call_soon(self._flush)
+        idle = not self._waiting
         self._out.append(self._pack(command))
         self._waiting.append((future, 0.0))
+        if idle:
+            self._flush()  # nothing in flight: no reason to wait for company
+        elif len(self._out) == 1:
+            self._loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
