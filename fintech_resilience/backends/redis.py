@@ -130,11 +130,11 @@ class _ThreadConnections(threading.local):
     """One connection per thread for sync decisions on a standalone Redis.
 
     A decision is one command and one reply on a connection nobody else uses, so it skips the
-    pool's checkout (its lock and bookkeeping cost a fifth of a round trip). Like the pool, it
-    polls the socket first and reconnects if the server closed it (idle timeout, restart) or it
-    holds stray data. Any error other than a script's own error reply drops the connection (its
-    stream may hold a late reply); a forked child never uses its parent's. A thread's connection
-    closes when the thread ends.
+    pool's checkout (its lock and bookkeeping cost about a quarter of a round trip). Like the
+    pool, it polls the socket first and reconnects if the server closed it (idle timeout,
+    restart) or it holds stray data. Any error other than a script's own error reply drops the
+    connection (its stream may hold a late reply); a forked child never uses its parent's. A
+    thread's connection closes when the thread ends.
     """
 
     conn: Any = None
