@@ -4,15 +4,11 @@
 -- ARGV     now_us (0 = TIME), owner token, force (1 = operator: free it whatever its state)
 -- Returns  {1, 0} released; {0, 1} not the owner; {0, 2} lease expired
 --#include _now.lua
+--#include _lease_held.lua
 local key = KEYS[1]
 if ARGV[3] ~= '1' then
-  local r = redis.call('HMGET', key, 'st', 'own', 'lu')
-  if r[1] ~= 'p' or r[2] ~= ARGV[2] then
-    return {0, 1}
-  end
-  if tonumber(r[3]) <= now then
-    return {0, 2}
-  end
+  local refused = lease_refusal(key, ARGV[2])
+  if refused then return refused end
 elseif redis.call('HEXISTS', key, 'st') == 0 then
   return {0, 1}
 end

@@ -3,15 +3,11 @@
 -- ARGV     now_us (0 = TIME), owner token, lease_us
 -- Returns  {1, 0} renewed; {0, 1} not the owner; {0, 2} lease already expired
 --#include _now.lua
+--#include _lease_held.lua
 local key = KEYS[1]
 local lease = tonumber(ARGV[3])
-local r = redis.call('HMGET', key, 'st', 'own', 'lu')
-if r[1] ~= 'p' or r[2] ~= ARGV[2] then
-  return {0, 1}
-end
-if tonumber(r[3]) <= now then
-  return {0, 2}
-end
+local refused = lease_refusal(key, ARGV[2])
+if refused then return refused end
 redis.call('HSET', key, 'lu', string.format('%.17g', now + lease))
 if redis.call('PTTL', key) < math.ceil(lease / 1000) then
   redis.call('PEXPIRE', key, math.ceil(lease / 1000))
