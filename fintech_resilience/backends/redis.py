@@ -17,6 +17,7 @@ lets one probe through. A dead Redis therefore costs at most one ``timeout`` per
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -335,22 +336,14 @@ class RedisBackend(Backend):
         sha, source = script(script_name)
         self.health.before_call()
         conn = self._connection()
+        send = (self.client.execute_command if conn is None
+                else functools.partial(self._call, conn))
         try:
-            if conn is not None:
-                try:
-                    result = self._call(conn, "EVALSHA", sha, len(keys), *keys, *args)
-                except rex.NoScriptError:
-                    result = self._call(conn, "EVAL", source, len(keys), *keys, *args)
-            else:
-                client = self.client
-                try:
-                    result = client.evalsha(sha, len(keys), *keys, *args)
-                except rex.NoScriptError:
-                    result = client.eval(source, len(keys), *keys, *args)
-        except rex.RedisError as exc:
-            self.health.failure()
-            raise _unavailable(exc) from exc
-        except OSError as exc:  # raw socket errors that redis-py did not wrap
+            try:
+                result = send("EVALSHA", sha, len(keys), *keys, *args)
+            except rex.NoScriptError:
+                result = send("EVAL", source, len(keys), *keys, *args)
+        except (rex.RedisError, OSError) as exc:  # OSError: socket errors redis-py did not wrap
             self.health.failure()
             raise _unavailable(exc) from exc
         self.health.success()
