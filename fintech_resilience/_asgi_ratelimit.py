@@ -8,19 +8,13 @@ streaming responses, background tasks and contextvars work as without it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
-
 from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
-from ._ratelimit_http import KeyFunc, RateLimitCore, Rule
-from .audit import AuditLog
-from .ratelimit import RateLimiter
+from ._ratelimit_http import RateLimitEdge
 
 __all__ = ["RateLimitMiddleware"]
 
 
-
-class RateLimitMiddleware:
+class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
     """Rate-limits HTTP requests per route, method and principal; answers 429 problem+json.
 
     >>> app.add_middleware(RateLimitMiddleware,                       # doctest: +SKIP
@@ -49,19 +43,7 @@ class RateLimitMiddleware:
     ``temporary-reduced-capacity``. Non-HTTP scopes (websocket, lifespan) pass untouched.
     """
 
-    __slots__ = ("app", "core")
-
-    def __init__(self, app: ASGIApp, limiter: RateLimiter | None = None, *,
-                 rules: Sequence[Rule] = (), key: KeyFunc | None = None,
-                 cost: int | Callable[[Any], int] = 1, exempt_paths: Iterable[str] = (),
-                 exempt: Callable[[Any], bool] | None = None, headers: bool = True,
-                 headers_on_allowed: bool = True, shadow: bool = False,
-                 audit: AuditLog | None = None) -> None:
-        self.app = app
-        self.core = RateLimitCore(limiter, rules=rules, key=key, cost=cost,
-                                  exempt_paths=exempt_paths, exempt=exempt, headers=headers,
-                                  headers_on_allowed=headers_on_allowed, shadow=shadow,
-                                  audit=audit)
+    __slots__ = ()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

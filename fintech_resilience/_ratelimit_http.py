@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 from opentelemetry import trace as _trace
 
@@ -31,6 +31,7 @@ __all__ = [
     "QUOTA_EXCEEDED",
     "TEMPORARY_REDUCED_CAPACITY",
     "RateLimitCore",
+    "RateLimitEdge",
     "Rule",
     "Verdict",
     "problem",
@@ -347,6 +348,28 @@ class RateLimitCore:
             retry_after=wait,
             extra_headers=_fields(decided) if self.headers else ())
         return Verdict(False, status, headers, body, decisions)
+
+
+AppT = TypeVar("AppT")
+
+
+class RateLimitEdge(Generic[AppT]):
+    """What the ASGI and WSGI rate-limit middlewares share: the wrapped app and the core built
+    from their options (see :class:`fintech_resilience.asgi.RateLimitMiddleware`)."""
+
+    __slots__ = ("app", "core")
+
+    def __init__(self, app: AppT, limiter: RateLimiter | None = None, *,
+                 rules: Sequence[Rule] = (), key: KeyFunc | None = None,
+                 cost: int | Callable[[Any], int] = 1, exempt_paths: Iterable[str] = (),
+                 exempt: Callable[[Any], bool] | None = None, headers: bool = True,
+                 headers_on_allowed: bool = True, shadow: bool = False,
+                 audit: _audit.AuditLog | None = None) -> None:
+        self.app = app
+        self.core = RateLimitCore(limiter, rules=rules, key=key, cost=cost,
+                                  exempt_paths=exempt_paths, exempt=exempt, headers=headers,
+                                  headers_on_allowed=headers_on_allowed, shadow=shadow,
+                                  audit=audit)
 
 
 def _fields(decided: Sequence[tuple[Rule, Decision]]) -> list[tuple[str, str]]:

@@ -6,22 +6,24 @@ answers (shared in ``_ratelimit_http``); the key function receives the WSGI ``en
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._ratelimit_http import KeyFunc, RateLimitCore, Rule
-from .audit import AuditLog
-from .ratelimit import RateLimiter
+from ._ratelimit_http import RateLimitEdge
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import (
+        StartResponse,
+        WSGIApplication,  # noqa: F401 - the base class's parameter
+        WSGIEnvironment,
+    )
 
 __all__ = ["RateLimitMiddleware"]
 
 _REASONS = {429: "429 Too Many Requests", 503: "503 Service Unavailable"}
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(RateLimitEdge["WSGIApplication"]):
     """Rate-limits WSGI requests per route, method and principal; answers 429 problem+json.
 
     ``app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=..., key=...)``. Options as for
@@ -29,19 +31,7 @@ class RateLimitMiddleware:
     receive the ``environ``. Decisions use the limiter's sync path (one backend call per rule).
     """
 
-    __slots__ = ("app", "core")
-
-    def __init__(self, app: WSGIApplication, limiter: RateLimiter | None = None, *,
-                 rules: Sequence[Rule] = (), key: KeyFunc | None = None,
-                 cost: int | Callable[[Any], int] = 1, exempt_paths: Iterable[str] = (),
-                 exempt: Callable[[Any], bool] | None = None, headers: bool = True,
-                 headers_on_allowed: bool = True, shadow: bool = False,
-                 audit: AuditLog | None = None) -> None:
-        self.app = app
-        self.core = RateLimitCore(limiter, rules=rules, key=key, cost=cost,
-                                  exempt_paths=exempt_paths, exempt=exempt, headers=headers,
-                                  headers_on_allowed=headers_on_allowed, shadow=shadow,
-                                  audit=audit)
+    __slots__ = ()
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
