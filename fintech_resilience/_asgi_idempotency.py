@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from . import audit as _audit
 from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
@@ -29,7 +29,7 @@ from ._idempotency_record import StoredResponse, default_store_status
 from .errors import BackendUnavailable, ConfigurationError, IdempotencyKeyInvalid
 from .idempotency import Claim, IdempotencyStore
 
-__all__ = ["IdempotencyMiddleware"]
+__all__ = ["IdempotencyEdge", "IdempotencyMiddleware"]
 
 
 logger = logging.getLogger("fintech_resilience")
@@ -64,7 +64,41 @@ def check_options(store: object, scope: object, global_scope: bool, methods: Ite
         raise ConfigurationError("methods must name at least one HTTP method, e.g. ('POST',)")
     return chosen
 
-class IdempotencyMiddleware:
+AppT = TypeVar("AppT")
+RequestT = TypeVar("RequestT")
+
+
+class IdempotencyEdge(Generic[AppT, RequestT]):
+    """What the ASGI and WSGI idempotency middlewares share: their options, validated once (see
+    :class:`fintech_resilience.asgi.IdempotencyMiddleware`). ``RequestT`` is what ``scope``
+    receives: the ASGI scope or the WSGI environ."""
+
+    def __init__(self, app: AppT, *, store: IdempotencyStore,
+                 scope: Callable[[RequestT], Any] | None = None, global_scope: bool = False,
+                 methods: Iterable[str] = ("POST", "PATCH"), required: bool = False,
+                 header: str = "Idempotency-Key", max_body_bytes: int = DEFAULT_MAX_BODY,
+                 max_response_bytes: int = DEFAULT_MAX_BODY,
+                 store_status: Callable[[int], bool] = default_store_status,
+                 replay_headers: Iterable[str] = SAFE_REPLAY_HEADERS,
+                 problem_base: str = PROBLEM_BASE) -> None:
+        self.methods = check_options(store, scope, global_scope, methods, max_body_bytes,
+                                     max_response_bytes)
+        self.app = app
+        self.store = store
+        self.scope_of: Callable[[RequestT], Any] = (
+            scope if scope is not None else (lambda _request: "*"))
+        self.required = bool(required)
+        #: the key's header as an ASGI scope names it, and as a WSGI environ does
+        self.header = header.lower().encode("latin-1")
+        self.environ_key = "HTTP_" + header.upper().replace("-", "_")
+        self.max_body_bytes = max_body_bytes
+        self.max_response_bytes = max_response_bytes
+        self.store_status = store_status
+        self.replay_headers = frozenset(h.lower() for h in replay_headers)
+        self.base = problem_base
+
+
+class IdempotencyMiddleware(IdempotencyEdge[ASGIApp, Scope]):
     """Executes each keyed request once; duplicates get the stored response.
 
     :param store: the :class:`~fintech_resilience.idempotency.IdempotencyStore`.
@@ -84,27 +118,6 @@ class IdempotencyMiddleware:
     :param replay_headers: response headers a replay carries (lower case); credentials, cookies
         and hop-by-hop fields are never stored whatever this says.
     """
-
-    def __init__(self, app: ASGIApp, *, store: IdempotencyStore,
-                 scope: Callable[[Scope], Any] | None = None, global_scope: bool = False,
-                 methods: Iterable[str] = ("POST", "PATCH"), required: bool = False,
-                 header: str = "Idempotency-Key", max_body_bytes: int = DEFAULT_MAX_BODY,
-                 max_response_bytes: int = DEFAULT_MAX_BODY,
-                 store_status: Callable[[int], bool] = default_store_status,
-                 replay_headers: Iterable[str] = SAFE_REPLAY_HEADERS,
-                 problem_base: str = PROBLEM_BASE) -> None:
-        self.methods = check_options(store, scope, global_scope, methods, max_body_bytes,
-                                     max_response_bytes)
-        self.app = app
-        self.store = store
-        self.scope_of: Callable[[Scope], Any] = scope if scope is not None else (lambda _s: "*")
-        self.required = bool(required)
-        self.header = header.lower().encode("latin-1")
-        self.max_body_bytes = max_body_bytes
-        self.max_response_bytes = max_response_bytes
-        self.store_status = store_status
-        self.replay_headers = frozenset(h.lower() for h in replay_headers)
-        self.base = problem_base
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in self.methods:

@@ -8,10 +8,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import audit as _audit
-from ._asgi_idempotency import DEFAULT_MAX_BODY, check_options
+from ._asgi_idempotency import IdempotencyEdge
 from ._http import (
-    PROBLEM_BASE,
-    SAFE_REPLAY_HEADERS,
     HttpAnswer,
     claim_answer,
     key_invalid_problem,
@@ -21,12 +19,16 @@ from ._http import (
     too_large_problem,
     unavailable_problem,
 )
-from ._idempotency_record import StoredResponse, default_store_status
+from ._idempotency_record import StoredResponse
 from .errors import BackendUnavailable, IdempotencyKeyInvalid
 from .idempotency import Claim, IdempotencyStore
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import (
+        StartResponse,
+        WSGIApplication,  # noqa: F401 - the base class's parameter
+        WSGIEnvironment,
+    )
 
 __all__ = ["IdempotencyMiddleware", "finish_claim", "open_claim"]
 
@@ -96,35 +98,12 @@ def finish_claim(store: IdempotencyStore, claim: Claim, status: int,
                                              data if replayable else b"", replayable))
 
 
-class IdempotencyMiddleware:
+class IdempotencyMiddleware(IdempotencyEdge["WSGIApplication", "WSGIEnvironment"]):
     """Executes each keyed request once; duplicates get the stored response.
 
     The same options and answers as :class:`fintech_resilience.asgi.IdempotencyMiddleware`, with
     ``scope=lambda environ: <principal>`` (e.g. ``environ["REMOTE_USER"]``).
     """
-
-    def __init__(self, app: WSGIApplication, *, store: IdempotencyStore,
-                 scope: Callable[[WSGIEnvironment], Any] | None = None,
-                 global_scope: bool = False, methods: Iterable[str] = ("POST", "PATCH"),
-                 required: bool = False, header: str = "Idempotency-Key",
-                 max_body_bytes: int = DEFAULT_MAX_BODY,
-                 max_response_bytes: int = DEFAULT_MAX_BODY,
-                 store_status: Callable[[int], bool] = default_store_status,
-                 replay_headers: Iterable[str] = SAFE_REPLAY_HEADERS,
-                 problem_base: str = PROBLEM_BASE) -> None:
-        self.methods = check_options(store, scope, global_scope, methods, max_body_bytes,
-                                     max_response_bytes)
-        self.app = app
-        self.store = store
-        self.scope_of: Callable[[WSGIEnvironment], Any] = (
-            scope if scope is not None else (lambda _e: "*"))
-        self.required = bool(required)
-        self.environ_key = "HTTP_" + header.upper().replace("-", "_")
-        self.max_body_bytes = max_body_bytes
-        self.max_response_bytes = max_response_bytes
-        self.store_status = store_status
-        self.replay_headers = frozenset(h.lower() for h in replay_headers)
-        self.base = problem_base
 
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
