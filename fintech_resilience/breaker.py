@@ -47,6 +47,7 @@ from ._clock import Clock
 from ._decorate import around_calls
 from .backends.base import Backend, BackendGuard, Fallback, OnBackendError
 from .backends.memory import MemoryBackend, default_backend
+from .backends.memory_ops.breaker import closed_success_bound
 from .errors import CircuitOpen
 from .outcomes import Classifier, Outcome, OutcomeRule, Verdict
 
@@ -154,6 +155,16 @@ class CircuitBreaker:
         self._refresh = self.settings.refresh_interval
         self._view: View | None = None
         self._seq = 0
+        # the memory backend with a count window: successes in CLOSED counted in place
+        self._closed_success: Callable[[int], bool] | None = None
+        window = self.settings.window
+        if local and isinstance(window, CountWindow):
+            self._closed_success = closed_success_bound(
+                cast(MemoryBackend, self.backend), self._keys[0], window.size,
+                self.settings.ttl_ms, None if clock is None else self._now_us)
+        # ... and when neither the outcome rules nor slow calls need the result or the duration
+        self._quick = (self._closed_success if self._plain_success and self._slow is None
+                       else None)
         self._tickets: contextvars.ContextVar[tuple[_Ticket, ...]] = contextvars.ContextVar(
             f"breaker:{self.name}", default=())
 
@@ -189,8 +200,8 @@ class CircuitBreaker:
             return (view.gen, probe, now)
         raise self._rejection(view, now)
 
-    def _record_args(self, ticket: _Ticket, result: Any,
-                     exc: BaseException | None) -> tuple[Any, ...] | None:
+    def _record_args(self, ticket: _Ticket, result: Any, exc: BaseException | None,
+                     in_place: bool = True) -> tuple[Any, ...] | None:
         duration = self._mono() - ticket[2]
         if telemetry.active():
             telemetry.record_call(telemetry.Pattern.BREAKER, self.name, duration, exc)
@@ -201,6 +212,9 @@ class CircuitBreaker:
         if verdict is Verdict.NEUTRAL and not ticket[1]:
             return None  # counts for nothing and holds no permit: no round trip
         slow = 1 if self._slow is not None and duration >= self._slow else 0
+        if (in_place and verdict is Verdict.SUCCESS and not slow and not ticket[1]
+                and self._closed_success is not None and self._closed_success(ticket[0])):
+            return None  # counted in place; the state did not change, nor does the view
         code = 0 if verdict is Verdict.NEUTRAL else 2 if verdict is Verdict.FAILURE else 1
         return (self._now_us(), ticket[0], ticket[1], code, slow, *self._record_tail)
 
@@ -265,26 +279,35 @@ class CircuitBreaker:
             ticket = self._after_acquire(result, token, seq)
         return ticket
 
-    def _exit(self, ticket: _Ticket, result: Any, exc: BaseException | None) -> None:
-        args = self._record_args(ticket, result, exc)
+    def _exit(self, ticket: _Ticket, result: Any, exc: BaseException | None,
+              in_place: bool = True) -> None:
+        args = self._record_args(ticket, result, exc, in_place)
         if args is not None:
             seq = self._seq
             self._after_record(self._run("breaker_record", self._keys, args), seq)
 
     def call(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Run ``fn(*args, **kwargs)`` under the breaker (fallback applies)."""
-        try:
-            ticket = self._enter()
-        except CircuitOpen as exc:
-            if self.fallback is None:
-                raise
-            return cast(R, self.fallback(exc, *args, **kwargs))
+        view = self._view
+        if view is not None and view.state is _CLOSED and not self.ask_every_call:
+            ticket = (view.gen, "", self._mono())  # _pre's common case, inline
+        else:
+            try:
+                ticket = self._enter()
+            except CircuitOpen as exc:
+                if self.fallback is None:
+                    raise
+                return cast(R, self.fallback(exc, *args, **kwargs))
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             self._exit(ticket, None, exc)
             raise
-        self._exit(ticket, result, None)
+        quick = self._quick  # a plain success counted in place, if it may be (see __init__)
+        if quick is None or ticket[1] or telemetry.active():
+            self._exit(ticket, result, None)
+        elif not quick(ticket[0]):
+            self._exit(ticket, result, None, in_place=False)
         return result
 
     def __enter__(self) -> CircuitBreaker:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import deque
 from typing import Any
@@ -144,6 +145,17 @@ class BreakerMachine(RuleBasedStateMachine):
         if hasattr(self, "breaker") and self.breaker.known_state is not None:
             assert self.breaker.known_state is self.model.effective()
 
+    @invariant()
+    def same_window(self) -> None:
+        # the shared counts, however each call was recorded (in place or by the general op)
+        if not hasattr(self, "breaker") or self.model.effective() not in (S.CLOSED,
+                                                                           S.METRICS_ONLY):
+            return
+        view = self.breaker.refresh()
+        window = self.model.window
+        assert (view.calls, view.failures, view.slow_calls) == (
+            len(window), sum(f for f, _ in window), sum(s for _, s in window))
+
 
 BreakerMachine.TestCase.settings = settings(max_examples=120, stateful_step_count=40,
                                             deadline=None)
@@ -185,3 +197,44 @@ def test_memory_and_redis_scripts_return_identical_replies(
         expected = mem.run(name, key, args)
         assert red.run(name, key, args) == expected, (name, args)
         gen = expected[1]
+
+
+_calls = st.lists(st.tuples(st.sampled_from(["success"] * 6 + ["failure"]),
+                            st.sampled_from([False] * 5 + [True])), min_size=1, max_size=80)
+
+
+@pytest.mark.parametrize("slow_calls", [True, False])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(calls=_calls)
+def test_memory_breaker_counts_like_the_redis_one(
+        backend_pair: tuple[Backend, Backend], slow_calls: bool,
+        calls: list[tuple[str, bool]]) -> None:
+    # The memory default counts plain successes in place, without the general operation; the
+    # Redis breaker always runs breaker_record. After every call both see the same window.
+    mem, red = backend_pair
+    clocks = [ManualClock(1_700_000_000.0) for _ in range(2)]
+    name = f"diff-{uuid.uuid4().hex[:12]}"
+    breakers = [CircuitBreaker(name, backend=b, clock=c, window=CountWindow(SIZE),
+                               minimum_calls=MIN_CALLS, failure_rate=RATE,
+                               slow_call_rate=SLOW_RATE,
+                               slow_call_duration=SLOW if slow_calls else None,
+                               break_duration=BREAK) for b, c in zip((mem, red), clocks, strict=True)]
+    for kind, slow in calls:
+        views = []
+        for breaker, clock in zip(breakers, clocks, strict=True):
+            def dependency(clock: ManualClock = clock, kind: str = kind,
+                           slow: bool = slow) -> None:
+                if slow:
+                    clock.advance(SLOW)
+                if kind == "failure":
+                    raise Boom
+
+            with contextlib.suppress(Boom, CircuitOpen):
+                breaker.call(dependency)
+            views.append(breaker.refresh())
+        assert views[0][:2] == views[1][:2] and views[0][5:] == views[1][5:], views
+        if views[0].state is S.OPEN:
+            for clock in clocks:
+                clock.advance(BREAK)
+    assert breakers[0]._quick is (None if slow_calls else breakers[0]._closed_success)

@@ -29,44 +29,45 @@ class MemoryStore:
     Not locked itself: :class:`MemoryBackend` holds its lock around each whole operation.
     """
 
-    __slots__ = ("_data", "evictions", "max_keys")
+    __slots__ = ("data", "evictions", "max_keys")
 
     def __init__(self, max_keys: int) -> None:
         self.max_keys = max_keys
         self.evictions = 0
-        # key -> [value, expires_at_us]; every key has an expiry, as in Redis
-        self._data: OrderedDict[str, list[Any]] = OrderedDict()
+        #: key -> [value, expires_at_us]; every key has an expiry, as in Redis. Operations bound
+        #: to one key read it directly; everything else goes through the methods below.
+        self.data: OrderedDict[str, list[Any]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.data)
 
     def get(self, key: str, now: int) -> Any:
         """The live value of ``key`` or None."""
-        entry = self._data.get(key)
+        entry = self.data.get(key)
         if entry is None:
             return None
         if entry[1] <= now:
-            del self._data[key]
+            del self.data[key]
             return None
         return entry[0]
 
     def entry(self, key: str, now: int) -> list[Any] | None:
         """The live ``[value, expires_at_us]`` entry of ``key`` (mutable in place) or None."""
-        entry = self._data.get(key)
+        entry = self.data.get(key)
         if entry is not None and entry[1] <= now:
-            del self._data[key]
+            del self.data[key]
             return None
         return entry
 
     def set(self, key: str, value: Any, ttl_us: int, now: int) -> None:
         """Store ``value`` under ``key``, expiring ``ttl_us`` microseconds after ``now``."""
         expires = now + max(int(ttl_us), 1)
-        entry = self._data.get(key)
+        entry = self.data.get(key)
         if entry is not None:
             entry[0] = value
             entry[1] = expires
             return
-        data = self._data
+        data = self.data
         if len(data) >= self.max_keys:
             self._make_room(now)
         data[key] = [value, expires]
@@ -74,30 +75,30 @@ class MemoryStore:
 
     def expire(self, key: str, ttl_us: int, now: int) -> None:
         """Reset the expiry of an existing key."""
-        entry = self._data.get(key)
+        entry = self.data.get(key)
         if entry is not None:
             entry[1] = now + max(int(ttl_us), 1)
 
     def ttl_us(self, key: str, now: int) -> int:
         """Microseconds until ``key`` expires; -2 if it does not exist (as Redis PTTL)."""
-        entry = self._data.get(key)
+        entry = self.data.get(key)
         if entry is None or entry[1] <= now:
             return -2
         return int(entry[1] - now)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; True if it existed."""
-        return self._data.pop(key, None) is not None
+        return self.data.pop(key, None) is not None
 
     def clear(self) -> None:
-        self._data.clear()
+        self.data.clear()
 
     def keys(self) -> list[str]:
-        return list(self._data)
+        return list(self.data)
 
     def _sweep(self, now: int, batch: int) -> None:
         """Drop expired keys from the oldest end (amortised O(1) per write)."""
-        data = self._data
+        data = self.data
         for _ in range(batch):
             key = next(iter(data), None)
             if key is None:
@@ -110,7 +111,7 @@ class MemoryStore:
 
     def _make_room(self, now: int) -> None:
         self._sweep(now, _SWEEP_BATCH)
-        data = self._data
+        data = self.data
         while len(data) >= self.max_keys:
             data.popitem(last=False)
             self.evictions += 1
@@ -132,6 +133,8 @@ class MemoryBackend(Backend):
         #: held around each whole operation (operations bound to this backend take it too)
         self.lock = threading.Lock()
         self._ops: dict[str, MemoryOp] = load_ops()
+        #: the clock given, or None for real time (:attr:`now_us` reads it)
+        self.clock = clock
         #: the backend's time in microseconds, for operations whose caller passed none
         self.now_us: Callable[[], int] = (
             (lambda: round(clock.time() * 1_000_000)) if clock is not None

@@ -6,14 +6,55 @@ a dict ``token -> lease expiry (us)`` instead of the ``token=expiry;`` string Re
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import memory_op
 
 if TYPE_CHECKING:
-    from ..memory import MemoryStore
+    from ..memory import MemoryBackend, MemoryStore
+
+
+class CountRing:
+    """A count window: ``size`` slots (0 empty, else 1 + failure + 2 * slow) and their totals.
+
+    The Redis hash's ``r<i>`` fields, ``seq``, ``n``, ``f`` and ``s`` as one object. Slots are
+    taken from an atomic counter (``take() % size`` is the slot Redis calls ``seq``), so the
+    lock-free success path of :func:`closed_success_bound` and the general operation, which holds
+    the backend's lock, never take the same slot at once. Slots and totals change only under the
+    lock.
+    """
+
+    __slots__ = ("f", "n", "ring", "s", "size", "take")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.ring = [0] * size
+        self.take: Callable[[], int] = itertools.count().__next__
+        self.n = self.f = self.s = 0
+
+    def resize(self, size: int, seq: int) -> None:
+        """Another window size configured: slot ``seq`` is in use, the next is ``seq + 1``."""
+        if len(self.ring) < size:
+            self.ring += [0] * (size - len(self.ring))
+        self.size = size
+        self.take = itertools.count(seq + 1).__next__
+
+    def replace(self, seq: int, value: int) -> None:
+        """Put the outcome ``value`` in slot ``seq``; the one it replaces leaves the totals."""
+        ring = self.ring
+        old = ring[seq]
+        ring[seq] = value
+        if old:
+            self.n -= 1
+            self.f -= (old - 1) % 2
+            self.s -= (old - 1) // 2
+        self.n += 1
+        self.f += (value - 1) % 2
+        self.s += (value - 1) // 2
 
 
 def _text(value: Any) -> str:
@@ -25,12 +66,19 @@ def _state(h: dict[str, Any]) -> int:
     return ov if ov else int(h.get("st", 0))
 
 
+def _counts(h: dict[str, Any]) -> list[int]:
+    """Calls, failures and slow calls in the window."""
+    cw: CountRing | None = h.get("cw")
+    if cw is not None:
+        return [cw.n, cw.f, cw.s]
+    return [int(h.get("n", 0)), int(h.get("f", 0)), int(h.get("s", 0))]
+
+
 def _reply(h: dict[str, Any], now: float, granted: int, from_: int, ra: float = 0.0) -> list[int]:
     state = _state(h)
     if state == 1 and h.get("until", 0) > now:
         ra = h["until"] - now
-    return [state, int(h.get("gen", 0)), math.floor(ra + 0.5), granted, from_,
-            int(h.get("n", 0)), int(h.get("f", 0)), int(h.get("s", 0))]
+    return [state, int(h.get("gen", 0)), math.floor(ra + 0.5), granted, from_, *_counts(h)]
 
 
 def _save(store: MemoryStore, key: str, h: dict[str, Any], ttl_ms: Any, now_us: int) -> None:
@@ -96,8 +144,7 @@ def acquire(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us
         _save(store, key, h, args[4], now_us)
         reply_h = h
     state = ov if ov else st
-    return [state, int(gen), math.floor(ra + 0.5), granted, from_, int(reply_h.get("n", 0)),
-            int(reply_h.get("f", 0)), int(reply_h.get("s", 0))]
+    return [state, int(gen), math.floor(ra + 0.5), granted, from_, *_counts(reply_h)]
 
 
 @memory_op("breaker_control")
@@ -196,23 +243,19 @@ def record(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us:
         return _reply(h, now, 1, from_)
 
     size = int(args[6])
-    n = get("n", 0)
-    f = get("f", 0)
-    s = get("s", 0)
     if int(args[5]) == 1:
-        # the count window's slots r<i> (1 + failure + 2 * slow) as one preallocated ring
-        seq = get("seq", 0)
-        ring = get("ring")
-        if ring is None or len(ring) < size:  # a new window, or a larger size configured
-            ring = h["ring"] = [*(ring or ()), *[0] * (size - len(ring or ()))]
-        old = ring[seq]
-        if old > 0:
-            n -= 1
-            f -= (old - 1) % 2
-            s -= (old - 1) // 2
-        ring[seq] = 1 + fail + 2 * slow
-        h["seq"] = (seq + 1) % size
+        cw = get("cw")
+        if cw is None:
+            cw = h["cw"] = CountRing(size)
+        seq = cw.take() % cw.size
+        if cw.size != size:  # another size configured: continue from here, as Redis does
+            cw.resize(size, seq)
+        cw.replace(seq, 1 + fail + 2 * slow)
+        n, f, s = cw.n, cw.f, cw.s
     else:
+        n = get("n", 0) + 1
+        f = get("f", 0) + fail
+        s = get("s", 0) + slow
         b = math.floor(now / float(args[7]))
         last = get("last", b)
         if b > last:
@@ -230,18 +273,15 @@ def record(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us:
         if slow:
             h[f"w{i}"] = get(f"w{i}", 0) + 1
         h["last"] = last
-    n += 1
-    f += fail
-    s += slow
+        h["n"] = n
+        h["f"] = f
+        h["s"] = s
     if ov == 0 and n >= int(args[8]) and (f / n >= float(args[9]) or s / n >= float(args[10])):
         from_ = st
-        h = _trip(store, key, h, 1, now, now_us, args)
+        h = _trip(store, key, h, 1, now, now_us, args)  # a fresh hash: the window goes
         return _reply(h, now, 1, from_)
     h["st"] = st
     h["gen"] = gen
-    h["n"] = n
-    h["f"] = f
-    h["s"] = s
     ttl_us = int(args[15]) * 1000
     if entry is None:
         store.set(key, h, ttl_us, now_us)
@@ -249,3 +289,52 @@ def record(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us:
         entry[1] = now_us + max(ttl_us, 1)
     # CLOSED or METRICS_ONLY, no transition: no break, so retry_after is 0
     return [ov if ov else st, int(gen), 0, 1, -1, int(n), int(f), int(s)]
+
+
+def closed_success_bound(backend: MemoryBackend, key: str, size: int, ttl_ms: int,
+                         now_us: Callable[[], int] | None) -> Callable[[int], bool]:
+    """``breaker_record`` of a plain success in CLOSED, bound to one breaker's key.
+
+    ``record(gen)`` counts a success (not slow) of generation ``gen`` exactly as :func:`record`
+    would and returns True, or counts nothing and returns False when the general operation must
+    decide: the key is missing or expired, the generation moved on, the state is not plain
+    CLOSED, or the count window is not full yet (a success can then trip the breaker by reaching
+    ``minimum_calls``). In a full window a success can only lower the rates, so it never trips.
+
+    The common case takes no lock and reads no clock: the call's slot comes from the window's
+    atomic counter, a success landing on a success changes nothing else, and the key's expiry is
+    checked and renewed on every 16th call only (so a breaker making fewer than 16 calls a day
+    forgets its window after a day; Redis renews it on every call). Only when the outcome leaving
+    the window was a failure or a slow call are the totals corrected, under the backend's lock.
+    """
+    store = backend.store
+    data = store.data
+    lock = backend.lock
+    clock = now_us if now_us is not None else None if backend.clock is None else backend.now_us
+    time_ns = time.time_ns
+    ttl_us = max(ttl_ms * 1000, 1)
+
+    def record(gen: int) -> bool:
+        entry = data.get(key)
+        if entry is None:
+            return False  # the general path creates it
+        h = entry[0]
+        cw: CountRing | None = h.get("cw")
+        # a hash with a count window is CLOSED or has an override (METRICS_ONLY)
+        if cw is None or h["gen"] != gen or "ov" in h or cw.size != size or cw.n < size:
+            return False
+        i = cw.take()
+        if not i & 15:
+            now = time_ns() // 1000 if clock is None else clock()
+            if entry[1] <= now:
+                with lock:  # expired: drop it, so the general path starts afresh
+                    store.entry(key, now)
+                return False
+            entry[1] = now + ttl_us
+        seq = i % size
+        if cw.ring[seq] != 1:
+            with lock:
+                cw.replace(seq, 1)
+        return True
+
+    return record
