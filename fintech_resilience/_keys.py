@@ -12,12 +12,16 @@ another tenant's key or slot.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 import re
+import secrets
 from functools import lru_cache
 
 from .errors import ConfigurationError
 
-__all__ = ["DEFAULT_NAMESPACE", "digest", "name_key", "user_key", "validate_name"]
+__all__ = ["DEFAULT_NAMESPACE", "digest", "name_key", "token", "user_key", "user_prefix",
+           "validate_name"]
 
 DEFAULT_NAMESPACE = "fr"
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -52,9 +56,38 @@ def digest(value: str | bytes | int) -> str:
 @lru_cache(maxsize=8192)
 def user_key(namespace: str, kind: str, name: str, value: str | bytes | int) -> str:
     """The storage key for one user-supplied key under a pattern instance (cached)."""
-    return f"{namespace}:{kind}:{{{name}:{digest(value)}}}"
+    return f"{user_prefix(namespace, kind, name)}{digest(value)}}}"
+
+
+def user_prefix(namespace: str, kind: str, name: str) -> str:
+    """What every :func:`user_key` of a pattern instance starts with (its digest and ``}``
+    follow)."""
+    return f"{namespace}:{kind}:{{{name}:"
 
 
 def name_key(namespace: str, kind: str, name: str) -> str:
     """The storage key for per-name state (a breaker, a retry budget)."""
     return f"{namespace}:{kind}:{{{name}}}"
+
+
+class _Tokens:
+    """Owner and permit tokens: unique, not secret (they live beside the state they guard).
+
+    A random 64-bit prefix drawn per process (again in a forked child) and a counter: as unique
+    as ``secrets.token_hex(16)`` per token, without a system call for each.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._next = itertools.count().__next__
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{self._next():x}"
+
+
+#: ``token()``: a new unique owner / permit token
+token = _Tokens()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
@@ -273,7 +272,7 @@ class CircuitBreaker:
     def _enter(self) -> _Ticket:
         ticket = self._pre()
         if ticket is None:
-            token = secrets.token_hex(8)
+            token = _keys.token()
             seq = self._seq
             result = self._run("breaker_acquire", self._keys, self._acquire_args(token))
             ticket = self._after_acquire(result, token, seq)
@@ -325,7 +324,7 @@ class CircuitBreaker:
     async def _aenter(self) -> _Ticket:
         ticket = self._pre()
         if ticket is None:
-            token = secrets.token_hex(8)
+            token = _keys.token()
             seq = self._seq
             result = await self._arun("breaker_acquire", self._keys, self._acquire_args(token))
             ticket = self._after_acquire(result, token, seq)

@@ -8,7 +8,6 @@ lease that already expired is harmless (it releases nothing that belongs to some
 from __future__ import annotations
 
 import contextlib
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -84,13 +83,13 @@ class ConcurrencyLimiter:
 
     def try_acquire(self, key: KeyArg) -> Slot:
         """Take a slot if one is free (never waits)."""
-        token = secrets.token_hex(16)
+        token = _keys.token()
         result = self._guard.run("concurrency_acquire", self._key(key), self._acquire_args(token))
         return self._slot(key, token, result)
 
     async def atry_acquire(self, key: KeyArg) -> Slot:
         """Async twin of :meth:`try_acquire`."""
-        token = secrets.token_hex(16)
+        token = _keys.token()
         result = await self._guard.arun("concurrency_acquire", self._key(key),
                                         self._acquire_args(token))
         return self._slot(key, token, result)

@@ -26,13 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import hmac
+import hashlib
 import inspect
 import json
 import logging
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, ParamSpec, TypeVar, cast
@@ -117,7 +118,8 @@ class Claim:
     @property
     def key_hash(self) -> str:
         """The hashed record id used in telemetry and audit records (no user data)."""
-        return self.record_key.rsplit(":", 1)[-1].rstrip("}")
+        key = self.record_key
+        return key[key.rfind(":") + 1:].rstrip("}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +154,31 @@ def current_idempotency() -> IdempotencyContext | None:
     return _CURRENT.get()
 
 
-def _hmac_parts(secret: bytes, *parts: bytes | str) -> bytes:
-    """HMAC-SHA256 of length-prefixed parts (one C call: no ambiguity between part borders)."""
-    out = bytearray()
-    for part in parts:
-        data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
-        out += len(data).to_bytes(8, "big")
-        out += data
-    return hmac.digest(secret, out, "sha256")
+class _HmacSha256:
+    """HMAC-SHA256 (RFC 2104) under one key, its padded key blocks hashed once: per message it
+    costs two hash copies instead of a whole HMAC set-up (``hmac.digest`` looks the digest up
+    on every call)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:  # SHA-256's block size
+            key = hashlib.sha256(key).digest()
+        block = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def parts(self, *parts: bytes | str) -> bytes:
+        """The MAC of length-prefixed parts (no ambiguity between part borders)."""
+        chunks: list[bytes] = []
+        for part in parts:
+            data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
+            chunks += (len(data).to_bytes(8, "big"), data)
+        inner = self._inner.copy()
+        inner.update(b"".join(chunks))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 def _number(value: object, what: str, low: float, high: float) -> float:
@@ -228,7 +247,7 @@ class IdempotencyStore:
         raw_secret = secret.encode() if isinstance(secret, str) else secret
         if not isinstance(raw_secret, bytes) or len(raw_secret) < 16:
             raise ConfigurationError("secret must be at least 16 bytes (os.urandom(32))")
-        self._secret = raw_secret
+        self._mac = _HmacSha256(raw_secret)
         if redactor is not None and not callable(getattr(redactor, "redact_bytes", None)):
             raise ConfigurationError("redactor needs a redact_bytes(data, content_type) method;"
                                      " use fintech_resilience.Redactor.pci()")
@@ -244,6 +263,7 @@ class IdempotencyStore:
         self.wait_timeout = _number(wait_timeout, "wait_timeout", 0, 60)
         self.name = _keys.validate_name(name)
         self.namespace = _keys.validate_name(namespace, "namespace")
+        self._record_prefix = _keys.user_prefix(self.namespace, _KIND, self.name)
         self.redactor = redactor
         self.cipher = cipher
         self.reclaim_expired = bool(reclaim_expired)
@@ -257,6 +277,9 @@ class IdempotencyStore:
         self._ttl_us = round(self.ttl * 1_000_000)
         self._renewer: _ThreadRenewer | None = None
         self._renewer_lock = threading.Lock()
+        self._loop_renewers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
+                                                       _LoopRenewer] = weakref.WeakKeyDictionary()
+        self._last_loop_renewer: _LoopRenewer | None = None
 
     @property
     def on_backend_error(self) -> OnBackendError:
@@ -268,24 +291,26 @@ class IdempotencyStore:
         with the store's secret, so neither the key nor the principal can be read back."""
         if isinstance(key, bool) or not isinstance(key, str | bytes | int):
             raise ConfigurationError(f"an idempotency key is a str, bytes or int; got {key!r}")
-        mac = _hmac_parts(self._secret, b"record", str(scope) if isinstance(scope, int)
-                          else scope, method, route, str(key) if isinstance(key, int) else key)
-        return _keys.user_key(self.namespace, _KIND, self.name, mac.hex())
+        mac = self._mac.parts(b"record", str(scope) if isinstance(scope, int) else scope, method,
+                              route, str(key) if isinstance(key, int) else key)
+        # = _keys.user_key(namespace, "idem", name, mac.hex()), without its cache: every
+        # request's key is new
+        return self._record_prefix + _keys.digest(mac.hex()) + "}"
 
     def fingerprint(self, *parts: bytes | str) -> str:
         """HMAC-SHA256 (hex) of the request parts (method, path, query, body), length-prefixed."""
-        return _hmac_parts(self._secret, b"fingerprint", *parts).hex()
+        return self._mac.parts(b"fingerprint", *parts).hex()
 
     def downstream_key(self, record_key: str, purpose: str = "") -> str:
         """The downstream key of a record (see :meth:`IdempotencyContext.downstream_key`)."""
-        return "fr-" + _hmac_parts(self._secret, b"downstream", record_key, purpose).hex()[:40]
+        return "fr-" + self._mac.parts(b"downstream", record_key, purpose).hex()[:40]
 
     def _now(self) -> int:
         return 0 if self.clock is None else round(self.clock.time() * 1_000_000)
 
     # -- claim -----------------------------------------------------------------------------------
     def _claim_args(self, fingerprint: str) -> tuple[str, tuple[Any, ...]]:
-        owner = secrets.token_hex(16)
+        owner = _keys.token()
         return owner, (self._now(), fingerprint, owner, self._lease_us, self._ttl_us,
                        1 if self.reclaim_expired else 0)
 
@@ -487,6 +512,18 @@ class IdempotencyStore:
                     self._renewer = _ThreadRenewer(self)
         return self._renewer
 
+    def _loop_renewer(self) -> _LoopRenewer:
+        loop = asyncio.get_running_loop()
+        renewer = self._last_loop_renewer
+        if renewer is not None and renewer.loop is loop:
+            return renewer
+        with self._renewer_lock:
+            renewer = self._loop_renewers.get(loop)
+            if renewer is None:
+                renewer = self._loop_renewers[loop] = _LoopRenewer(self, loop)
+        self._last_loop_renewer = renewer
+        return renewer
+
     # -- telemetry and audit -----------------------------------------------------------------------
     def audit(self, outcome: str, key_hash: str, fencing_token: int, *,
               level: int = logging.INFO, **fields: Any) -> None:
@@ -589,15 +626,13 @@ class _Holding:
 
     async def __aenter__(self) -> IdempotencyContext:
         if self._renews():
-            self.lease = _LoopRenewer(self.store, self.claim)
+            self.lease = self.store._loop_renewer()
+            self.lease.add(self.claim)
         return self._enter()
 
     def __exit__(self, *exc_info: object) -> None:
-        lease = self.lease
-        if isinstance(lease, _ThreadRenewer):
-            lease.remove(self.claim)
-        elif lease is not None:
-            lease.stop()
+        if self.lease is not None:
+            self.lease.remove(self.claim)
         _CURRENT.reset(self.token)
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -605,35 +640,54 @@ class _Holding:
 
 
 class _LoopRenewer:
-    """Renews one async claim every ``lease / 3`` seconds with ``loop.call_later`` (no task
-    exists between renewals, so a fast handler costs one timer handle)."""
+    """One per store and event loop: renews every running async claim of the store each
+    ``lease / 3`` seconds, with one timer armed while claims run (so a fast handler costs two
+    dict operations, no timer of its own). Renewals of one tick run concurrently in one task."""
 
-    __slots__ = ("claim", "handle", "loop", "stopped", "store", "task")
+    __slots__ = ("due", "handle", "interval", "loop", "store", "tasks")
 
-    def __init__(self, store: IdempotencyStore, claim: Claim) -> None:
+    def __init__(self, store: IdempotencyStore, loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
-        self.claim = claim
-        self.loop = asyncio.get_running_loop()
-        self.stopped = False
-        self.task: asyncio.Task[None] | None = None
-        self.handle = self.loop.call_later(store.lease / 3, self._fire)
+        self.loop = loop
+        self.interval = store.lease / 3
+        self.due: dict[int, tuple[Claim, float]] = {}
+        self.handle: asyncio.TimerHandle | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
 
-    def _fire(self) -> None:
-        self.task = self.loop.create_task(self._renew())
+    def add(self, claim: Claim) -> None:
+        self.due[id(claim)] = (claim, self.loop.time() + self.interval)
+        if self.handle is None:
+            self.handle = self.loop.call_later(self.interval, self._tick)
 
-    async def _renew(self) -> None:
+    def remove(self, claim: Claim) -> None:
+        self.due.pop(id(claim), None)
+
+    def _tick(self) -> None:
+        self.handle = None
+        if not self.due:
+            return  # nothing runs: the next add() arms the timer again
+        now = self.loop.time()
+        due = [claim for claim, at in self.due.values() if at <= now]
+        for claim in due:
+            self.due[id(claim)] = (claim, now + self.interval)
+        if due:
+            task = self.loop.create_task(self._renew(due))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        self.handle = self.loop.call_at(min(at for _, at in self.due.values()), self._tick)
+
+    async def _renew(self, claims: list[Claim]) -> None:
+        await asyncio.gather(*(self._renew_one(claim) for claim in claims))
+
+    async def _renew_one(self, claim: Claim) -> None:
+        if id(claim) not in self.due:
+            return  # finished meanwhile: its record is completed or released
         try:
-            ok = await self.store.arenew(self.claim)
+            ok = await self.store.arenew(claim)
         except BackendUnavailable:
-            ok = True  # try again at the next tick
-        if ok and not self.stopped:
-            self.handle = self.loop.call_later(self.store.lease / 3, self._fire)
-
-    def stop(self) -> None:
-        self.stopped = True
-        self.handle.cancel()
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+            return  # the next tick tries again; the lease may still be alive
+        if not ok:
+            self.remove(claim)
 
 
 # -- the decorator ---------------------------------------------------------------------------------

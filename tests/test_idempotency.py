@@ -6,13 +6,15 @@ Every backend-dependent test runs on memory, Redis and Redis Cluster (the ``back
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
 import random
 
 import pytest
 
-from fintech_resilience import MemoryBackend, RedisBackend
+from fintech_resilience import MemoryBackend, RedisBackend, _keys
 from fintech_resilience._idempotency_record import (
     ClaimOutcome,
     StoredResponse,
@@ -386,3 +388,25 @@ def test_lease_is_renewed_in_the_background_while_a_sync_handler_runs() -> None:
         threading.Event().wait(0.3)  # the handler's own work, twice the lease
         assert not ctx.lease_lost
     assert store.complete(claim, response())
+
+
+@pytest.mark.parametrize("secret", [b"s" * 16, b"0123456789abcdef" * 4, os.urandom(65),
+                                    os.urandom(200)])
+def test_keys_and_fingerprints_are_hmac_sha256_with_length_prefixed_parts(secret: bytes) -> None:
+    # the store's precomputed-pad HMAC must equal the standard library's, for keys shorter
+    # than, equal to and longer than SHA-256's block
+    def reference(*parts: bytes) -> bytes:
+        msg = b"".join(len(p).to_bytes(8, "big") + p for p in parts)
+        return hmac.new(secret, msg, hashlib.sha256).digest()
+
+    store = IdempotencyStore(MemoryBackend(), secret=secret, name="pay", namespace="ns")
+    body = os.urandom(300)
+    assert store.fingerprint("POST", "/charges", b"q=1", body) == reference(
+        b"fingerprint", b"POST", b"/charges", b"q=1", body).hex()
+    mac = reference(b"record", b"merchant-7", b"POST", b"/charges", "kéy".encode())
+    assert store.record_key("kéy", scope="merchant-7", method="POST", route="/charges") == (
+        _keys.user_key("ns", "idem", "pay", mac.hex()))
+    assert store.record_key(42, scope=7) == _keys.user_key(
+        "ns", "idem", "pay", reference(b"record", b"7", b"", b"", b"42").hex())
+    assert store.downstream_key("k", "refund") == "fr-" + reference(
+        b"downstream", b"k", b"refund").hex()[:40]
