@@ -35,7 +35,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
 from . import _keys, telemetry
@@ -122,15 +122,33 @@ class Claim:
         return key[key.rfind(":") + 1:].rstrip("}")
 
 
-@dataclass(frozen=True, slots=True)
 class IdempotencyContext:
-    """What a running handler can read through :func:`current_idempotency`."""
+    """What a running handler can read through :func:`current_idempotency` (read-only)."""
 
-    key_hash: str
-    fencing_token: int
-    reclaimed: bool
-    _claim: Claim = field(repr=False)
-    _store: IdempotencyStore = field(repr=False)
+    __slots__ = ("_claim", "_store")
+
+    def __init__(self, claim: Claim, store: IdempotencyStore) -> None:
+        self._claim = claim
+        self._store = store
+
+    @property
+    def key_hash(self) -> str:
+        """The hashed record id (as in telemetry and audit records)."""
+        return self._claim.key_hash
+
+    @property
+    def fencing_token(self) -> int:
+        """Grows with every claim of the key: pass it to systems that can reject stale writers."""
+        return self._claim.fencing_token
+
+    @property
+    def reclaimed(self) -> bool:
+        """True when this attempt took over an expired lease (a previous attempt may have run)."""
+        return self._claim.reclaimed
+
+    def __repr__(self) -> str:
+        return (f"IdempotencyContext(key_hash={self.key_hash!r},"
+                f" fencing_token={self.fencing_token}, reclaimed={self.reclaimed})")
 
     @property
     def lease_lost(self) -> bool:
@@ -493,8 +511,7 @@ class IdempotencyStore:
 
     # -- holding a claim while the handler runs ---------------------------------------------------
     def _context(self, claim: Claim) -> IdempotencyContext:
-        return IdempotencyContext(claim.key_hash, claim.fencing_token, claim.reclaimed, claim,
-                                  self)
+        return IdempotencyContext(claim, self)
 
     def holding(self, claim: Claim) -> _Holding:
         """``with store.holding(claim) as ctx:`` runs a block as the owner of ``claim``: sets

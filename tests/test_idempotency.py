@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import json
 import logging
 import os
 import random
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fintech_resilience import MemoryBackend, RedisBackend, _keys
 from fintech_resilience._idempotency_record import (
@@ -410,3 +414,22 @@ def test_keys_and_fingerprints_are_hmac_sha256_with_length_prefixed_parts(secret
         "ns", "idem", "pay", reference(b"record", b"7", b"", b"", b"42").hex())
     assert store.downstream_key("k", "refund") == "fr-" + reference(
         b"downstream", b"k", b"refund").hex()[:40]
+
+
+_text = st.text(st.characters(codec="utf-8"), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from(["http", "result", "exception"]), status=st.integers(0, 999),
+       headers=st.lists(st.tuples(_text, _text), max_size=5), body=st.binary(max_size=64),
+       replayable=st.booleans(), redacted=st.booleans())
+def test_stored_responses_round_trip_and_their_header_is_plain_json(
+        kind: Any, status: int, headers: list[tuple[str, str]], body: bytes, replayable: bool,
+        redacted: bool) -> None:
+    stored = StoredResponse(kind, status, tuple(headers), body, replayable, redacted)
+    blob = encode_response(stored)
+    assert decode_response(blob) == stored
+    size = int.from_bytes(blob[1:5], "big")
+    assert json.loads(blob[5:5 + size]) == {
+        "kind": kind, "status": status, "headers": [list(h) for h in headers],
+        "replayable": replayable, "redacted": redacted}
