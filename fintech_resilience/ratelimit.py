@@ -391,18 +391,16 @@ class RateLimiter:
 
     def acquire(self, key: KeyArg, cost: int = 1) -> Decision:
         """Decide for ``key`` and, if admitted, consume ``cost`` from every limit."""
-        if self._local is not None:
-            return self._acquire_local(key, cost)
-        keys, args = self._request(key, cost)
-        return self._decide(self._run(self._script, keys, args), cost)
-
-    def _acquire_local(self, key: KeyArg, cost: int) -> Decision:
-        """:meth:`acquire` on the memory default with one GCRA limit (its hottest path)."""
-        keys = self._key_cache.get(key)
-        if keys is None or type(key) is bool or type(cost) is not int or not (
+        local = self._local
+        if local is None:
+            keys, args = self._request(key, cost)
+            return self._decide(self._run(self._script, keys, args), cost)
+        # the memory default with one GCRA limit (its hottest path): no dispatch, no packing
+        cached = self._key_cache.get(key)
+        if cached is None or type(key) is bool or type(cost) is not int or not (
                 1 <= cost <= MAX_AMOUNT):
-            keys = self._request(key, cost)[0]
-        raw = self._local(keys[0], cost)  # type: ignore[misc]  # set whenever this runs
+            cached = self._request(key, cost)[0]
+        raw = local(cached[0], cost)
         if raw[0]:  # admitted: nothing to audit, no fallback to name
             decision = Decision(True, raw, self)
             if telemetry.active():
@@ -412,8 +410,8 @@ class RateLimiter:
 
     async def aacquire(self, key: KeyArg, cost: int = 1) -> Decision:
         """Async twin of :meth:`acquire`."""
-        if self._local is not None:  # in process: nothing to await
-            return self._acquire_local(key, cost)
+        if self._local is not None:  # in process: nothing to await (and no override to call)
+            return RateLimiter.acquire(self, key, cost)
         keys, args = self._request(key, cost)
         return self._decide(await self._guard.arun(self._script, keys, args), cost)
 

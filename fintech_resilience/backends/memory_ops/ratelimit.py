@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -70,8 +71,12 @@ def _gcra_one(store: MemoryStore, key: str, interval: float, tau: float, cost: f
     """:func:`gcra` for a single limit, without the loops (same arithmetic, same reply).
 
     ``int()`` stands for ``math.floor`` where the value cannot be negative (or is clamped to 0).
+    A state whose TAT is in the past means the same as no state, so the key is kept until one
+    second after its TAT (whole milliseconds are for Redis).
     """
-    entry = store.entry(key, now_us)
+    entry = store.data.get(key)
+    if entry is not None and entry[1] <= now_us:
+        entry = None  # expired: store.set() below reuses the slot
     tat = entry[0] if entry is not None else 0.0
     if tat < now:
         tat = now
@@ -85,12 +90,11 @@ def _gcra_one(store: MemoryStore, key: str, interval: float, tau: float, cost: f
         else:
             allowed, retry = 1, 0
             tat = tat + increment
-            ttl = (math.ceil((tat - now) / 1000) + 1000) * 1000
             if entry is None:
-                store.set(key, tat, ttl, now_us)
+                store.set(key, tat, int(tat - now) + 1_000_001, now_us)
             else:
                 entry[0] = tat
-                entry[1] = now_us + ttl
+                entry[1] = int(tat) + 1_000_001
     remaining = int((tau - (tat - now)) / interval + 1e-6)
     return [allowed, retry, remaining if remaining > 0 else 0, int(tat - now + 0.5)]
 
@@ -103,13 +107,18 @@ def gcra_one_bound(backend: MemoryBackend, interval: float, tau: float,
     the script dispatch and argument packing: the memory default's hottest path. ``now_us``
     overrides the backend's clock (a limiter's ManualClock).
     """
-    store, lock = backend.store, backend.lock
-    clock = now_us if now_us is not None else backend.now_us
+    store = backend.store
+    acquire, release = backend.lock.acquire, backend.lock.release
+    clock = now_us if now_us is not None else None if backend.clock is None else backend.now_us
+    time_ns = time.time_ns
 
     def decide(key: str, cost: int) -> list[int]:
-        now = clock()
-        with lock:
+        now = time_ns() // 1000 if clock is None else clock()
+        acquire()
+        try:
             return _gcra_one(store, key, interval, tau, cost, now, now)
+        finally:
+            release()
 
     return decide
 
