@@ -49,7 +49,10 @@ class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        verdict = await self.core.acheck(scope["method"], scope["path"], scope)
+        core = self.core
+        verdict = core.check_now(scope["method"], scope["path"], scope)
+        if verdict is None:
+            verdict = await core.acheck(scope["method"], scope["path"], scope)
         if not verdict.allowed:
             await send({"type": "http.response.start", "status": verdict.status,
                         "headers": _encode(verdict.headers)})
@@ -69,4 +72,17 @@ class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
 
 
 def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    names = _NAMES
+    out = []
+    for name, value in headers:
+        raw = names.get(name)
+        if raw is None:
+            raw = name.lower().encode("latin-1")
+            if len(names) < 64:
+                names[name] = raw
+        out.append((raw, value.encode("latin-1")))
+    return out
+
+
+#: field names as ASGI sends them (the same few names on every response)
+_NAMES: dict[str, bytes] = {}

@@ -162,8 +162,8 @@ class RateLimitCore:
     See :class:`fintech_resilience.asgi.RateLimitMiddleware` for the meaning of each option.
     """
 
-    __slots__ = ("_exempt_prefixes", "_simple", "audit", "exempt", "headers", "headers_on_allowed",
-                 "key", "rules", "shadow")
+    __slots__ = ("_exempt_prefixes", "_in_process", "_simple", "audit", "exempt", "headers",
+                 "headers_on_allowed", "key", "rules", "shadow")
 
     def __init__(self, limiter: RateLimiter | None = None, *, rules: Sequence[Rule] = (),
                  key: KeyFunc | None = None, cost: int | Callable[[Any], int] = 1,
@@ -203,6 +203,7 @@ class RateLimitCore:
         self.headers = bool(headers)
         self.headers_on_allowed = bool(headers_on_allowed)
         self.shadow = bool(shadow)
+        self._in_process = all(rule._sync for rule in self.rules)
         # the common case - one limiter for every request - skips matching and loops
         only = self.rules[0]
         self._simple = only if (
@@ -210,11 +211,18 @@ class RateLimitCore:
             and only.key is None and not callable(only.cost) and not self._exempt_prefixes
             and exempt is None) else None
 
+    def check_now(self, method: str, path: str, request: Any) -> Verdict | None:
+        """:meth:`check` when every limiter decides in this process (memory) and no audit log
+        needs an await: an async edge then decides without a coroutine. Else None."""
+        if self._in_process and self.audit is None and _audit._DEFAULT[0] is None:
+            return self.check(method, path, request)
+        return None
+
     def _quick(self, rule: Rule, decision: Decision) -> Verdict:
         """The verdict of one admitted decision on the hot path (else the general one)."""
         if (decision.allowed and not decision.shadowed and self.headers
                 and self.headers_on_allowed and not telemetry.active()):
-            return Verdict(True, headers=_fields(((rule, decision),)), decisions=[decision])
+            return Verdict(True, 200, _fields(((rule, decision),)), b"", [decision])
         return self.verdict([(rule, decision)])
 
     def plan(self, method: str, path: str, request: Any) -> list[tuple[Rule, Any, int]]:

@@ -221,16 +221,22 @@ class Decision:
         raw = self._raw
         if not raw:
             return None
-        i = self._index()
+        limiter = self._limiter
+        if len(limiter.rates) == 1:
+            i, label = 0, limiter.name
+        else:
+            i = self._index()
+            label = f"{limiter.name}-{i}"
         remaining = int(raw[2 * i + 2])
         wait_us: float = raw[2 * i + 3]
-        if self._limiter.algorithm == "gcra" and wait_us > 0:
+        if wait_us > 0 and limiter.algorithm == "gcra":
             # the next unit arrives when tau - (tat - now) reaches (remaining + 1) intervals;
             # 1 microsecond of tolerance absorbs the reply's rounding to whole microseconds
-            tail = self._limiter._tail
+            tail = limiter._tail
             next_us = wait_us - tail[2 * i + 1] + (remaining + 1) * tail[2 * i]
-            wait_us = min(wait_us, max(0.0, next_us - 1))
-        return f'"{self.policy_label}";r={remaining};t={math.ceil(wait_us / 1_000_000)}'
+            if next_us - 1 < wait_us:
+                wait_us = next_us - 1 if next_us > 1 else 0.0
+        return f'"{label}";r={remaining};t={math.ceil(wait_us / 1_000_000)}'
 
     def headers(self, *, retry_after: bool = True) -> dict[str, str]:
         """The IETF ``RateLimit``/``RateLimit-Policy`` fields (and ``Retry-After`` if refused).
