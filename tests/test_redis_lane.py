@@ -18,7 +18,7 @@ import redis
 import servers
 
 from fintech_resilience import BackendUnavailable, RateLimiter, RedisBackend
-from fintech_resilience.backends._redis_lane import Lane, settings_of
+from fintech_resilience.backends._redis_lane import WRITE_AT, Lane, settings_of
 
 pytestmark = pytest.mark.redis
 
@@ -145,3 +145,36 @@ async def test_a_lane_refuses_calls_once_closed(redis_url: str) -> None:
     with pytest.raises(redis.ConnectionError):
         await lane.call(("PING",))
     await backend.aclose()
+
+
+async def test_queued_commands_go_out_in_groups_and_late_groups_time_out(redis_url: str) -> None:
+    backend = RedisBackend.from_url(redis_url, timeout=0.3)
+    settings = settings_of(backend.async_client())
+    assert settings is not None
+    admin = redis.Redis.from_url(redis_url)
+    lane = await Lane.open(settings)
+    try:
+        first = [lane.call(("INCR", "grouped")) for _ in range(WRITE_AT + 2)]
+        # without yielding to the loop: the first command went out alone (nothing was in
+        # flight), the next WRITE_AT as a group; the last waits for the end of the iteration
+        deadline = time.monotonic() + 2
+        # (blocking on purpose: the event loop must not run meanwhile)
+        while int(admin.get("grouped") or 0) < WRITE_AT + 1 and time.monotonic() < deadline:
+            time.sleep(0.005)  # noqa: ASYNC251
+        time.sleep(0.05)  # noqa: ASYNC251 - room for a command that should not go out
+        assert int(admin.get("grouped") or 0) == WRITE_AT + 1
+        assert await asyncio.gather(*first) == list(range(1, WRITE_AT + 3))
+        # a paused server: every outstanding group fails at the timeout of the oldest write
+        admin.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+        late = [lane.call(("INCR", "grouped")) for _ in range(3 * WRITE_AT)]
+        started = time.monotonic()
+        results = await asyncio.gather(*late, return_exceptions=True)
+        assert time.monotonic() - started < 0.9
+        assert all(isinstance(r, redis.TimeoutError) for r in results), results
+        assert lane.closed
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        admin.delete("grouped")
+        admin.close()
+        lane.close()
+        await backend.aclose()

@@ -1,10 +1,11 @@
 """One Redis connection per event loop for asyncio decisions: written together, read in order.
 
 A command issued while nothing is in flight is written at once; commands issued while replies
-are awaited are written together at the end of the event-loop iteration. Replies come back in
-order and are matched to their callers as they arrive, parsed by hiredis in C. A lone decision
-therefore costs one write and one read, and 50 concurrent decisions share (at most) two
-writes and one round trip's wait, while each stays its own atomic script.
+are awaited are written in groups of ``WRITE_AT``, and whatever is left at the end of the
+event-loop iteration, so Redis works on the first group while the loop produces the next.
+Replies come back in order and are matched to their callers as they arrive, parsed by hiredis in
+C. A lone decision therefore costs one write and one read, and 50 concurrent decisions share a
+dozen writes and about one round trip's wait, while each stays its own atomic script.
 
 It replaces redis-py's asyncio client on the decision path only where it speaks exactly as that
 client would: a standalone server over TCP or a Unix socket, RESP2, UTF-8, optional
@@ -30,6 +31,11 @@ import redis.asyncio
 import redis.exceptions as rex
 
 __all__ = ["Lane", "LaneSettings", "settings_of"]
+
+#: queued commands written without waiting for the end of the loop iteration: Redis starts on
+#: them while the loop is still producing the rest (measured: 2-8 equally good, 1 and "all at the
+#: end" about a third slower for 50 concurrent decisions)
+WRITE_AT = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +91,15 @@ class Lane(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._timeout = timeout
         self._transport: asyncio.Transport | None = None
-        # (future, monotonic time it was written) in the order of the replies to come
-        self._waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        # the callers' futures, in the order of the replies to come
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._out: list[bytes] = []
+        self._flush_due = False  # a write of what is queued is scheduled for the iteration's end
+        # commands written and replies read so far, and per write still unanswered: the count
+        # of commands written once it went out, and its monotonic time (the timeout's start)
+        self._written = 0
+        self._answered = 0
+        self._writes: collections.deque[tuple[int, float]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._keeper: asyncio.Task[None] | None = None
@@ -138,34 +150,34 @@ class Lane(asyncio.Protocol):
             return future
         idle = not self._waiting
         self._out.append(self._pack(command))
-        self._waiting.append((future, 0.0))
-        if idle:
-            self._flush()  # nothing in flight: no reason to wait for company
-        elif len(self._out) == 1:
-            self._loop.call_soon(self._flush)
+        self._waiting.append(future)
+        if idle or len(self._out) >= WRITE_AT:
+            self._flush()  # nothing in flight (no reason to wait for company), or enough company
+        elif not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self._flush_rest)
         return future
+
+    def _flush_rest(self) -> None:
+        """At the end of the loop iteration: write what is still queued."""
+        self._flush_due = False
+        self._flush()
 
     def _flush(self) -> None:
         out, self._out = self._out, []
-        if self.closed or self._transport is None:
+        if not out or self.closed or self._transport is None:
             return
-        now = time.monotonic()
-        waiting = self._waiting
-        # stamp the commands just written (the newest len(out) entries)
-        for i in range(len(waiting) - len(out), len(waiting)):
-            waiting[i] = (waiting[i][0], now)
+        self._written += len(out)
+        self._writes.append((self._written, time.monotonic()))
         self._transport.write(b"".join(out))
         if self._timer is None:
             self._timer = self._loop.call_at(self._loop.time() + self._timeout, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        if not self._waiting:
-            return
-        oldest = self._waiting[0][1]
-        if not oldest:
+        if not self._writes:
             return  # nothing written is outstanding: the next flush arms the timer again
-        late = time.monotonic() - oldest
+        late = time.monotonic() - self._writes[0][1]
         if late >= self._timeout:
             self._fail(rex.TimeoutError(f"no reply from Redis within {self._timeout:.3f}s"))
             return
@@ -179,13 +191,20 @@ class Lane(asyncio.Protocol):
         reader = self._reader
         reader.feed(data)
         waiting = self._waiting
+        answered = self._answered
         try:
             while (reply := reader.gets()) is not False:
-                future = waiting.popleft()[0]
+                future = waiting.popleft()
+                answered += 1
                 if not future.done():  # a cancelled caller's reply is read and dropped
                     future.set_result(reply)
         except Exception as exc:  # a protocol error or a reply nobody asked for
             self._fail(rex.ConnectionError(f"Redis stream out of step: {exc!r}"))
+            return
+        self._answered = answered
+        writes = self._writes
+        while writes and writes[0][0] <= answered:
+            writes.popleft()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(rex.ConnectionError(f"Redis closed the connection: {exc or 'EOF'}"))
@@ -199,7 +218,8 @@ class Lane(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         waiting, self._waiting = self._waiting, collections.deque()
-        for future, _ in waiting:
+        self._writes.clear()
+        for future in waiting:
             if not future.done():
                 future.set_exception(error)
         if self._transport is not None:

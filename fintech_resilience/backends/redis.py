@@ -235,6 +235,8 @@ class RedisBackend(Backend):
         self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = (
             weakref.WeakKeyDictionary()
         )
+        #: the batch of the loop that asked last, and a weak reference to that loop
+        self._last_batch: tuple[weakref.ref[asyncio.AbstractEventLoop], _Batch] | None = None
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 0.05, connect_timeout: float | None = None,
@@ -266,6 +268,9 @@ class RedisBackend(Backend):
 
     def _batch(self) -> _Batch:
         loop = asyncio.get_running_loop()
+        last = self._last_batch
+        if last is not None and last[0]() is loop:
+            return last[1]
         batch = self._batches.get(loop)
         if batch is None:
             if self._factory.asyncio is None:
@@ -276,6 +281,7 @@ class RedisBackend(Backend):
                 self._factory.asyncio(), ready=self.topology != "cluster",
                 max_in_flight=self.max_in_flight,
                 lanes=self.pipeline and self.topology == "standalone")
+        self._last_batch = (weakref.ref(loop), batch)
         return batch
 
     async def _ready_batch(self) -> _Batch:
@@ -353,8 +359,22 @@ class RedisBackend(Backend):
         sha, source = script(script_name)  # unknown names fail here, before anything is queued
         self.health.before_call()
         batch = self._batch()
-        if batch.lane_settings is not None:
-            return await self._run_lane(batch, sha, source, keys, args)
+        if batch.lane_settings is not None:  # standalone: the loop's lane (one coroutine less)
+            lane = batch.lane
+            try:
+                if lane is None or lane.closed:
+                    lane = await self._open_lane(batch)
+                reply = await lane.call(("EVALSHA", sha, len(keys), *keys, *args))
+                if isinstance(reply, Exception):  # an error reply
+                    if str(reply).startswith("NOSCRIPT"):
+                        reply = await lane.call(("EVAL", source, len(keys), *keys, *args))
+                    if isinstance(reply, Exception):
+                        raise rex.ResponseError(str(reply))
+            except (rex.RedisError, OSError) as exc:  # OSError: TimeoutError, socket errors
+                self.health.failure()
+                raise _unavailable(exc) from exc
+            self.health.success()
+            return reply
         if not batch.ready:
             batch = await self._ready_batch()
         if not self.pipeline or self.topology == "cluster":
@@ -384,24 +404,6 @@ class RedisBackend(Backend):
         future = asyncio.get_running_loop().create_future()
         batch.pending.append((script_name, keys, args, future))
         return await future
-
-    async def _run_lane(self, batch: _Batch, sha: str, source: bytes, keys: Sequence[str],
-                        args: Sequence[Arg]) -> Any:
-        lane = batch.lane
-        try:
-            if lane is None or lane.closed:
-                lane = await self._open_lane(batch)
-            reply = await lane.call(("EVALSHA", sha, len(keys), *keys, *args))
-            if isinstance(reply, Exception):  # an error reply
-                if str(reply).startswith("NOSCRIPT"):
-                    reply = await lane.call(("EVAL", source, len(keys), *keys, *args))
-                if isinstance(reply, Exception):
-                    raise rex.ResponseError(str(reply))
-        except (rex.RedisError, OSError) as exc:  # OSError: TimeoutError and socket errors
-            self.health.failure()
-            raise _unavailable(exc) from exc
-        self.health.success()
-        return reply
 
     async def _open_lane(self, batch: _Batch) -> Lane:
         # concurrent first calls wait for one connection together (and then share its first
@@ -534,6 +536,7 @@ class RedisBackend(Backend):
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
         batch = self._batches.pop(loop, None)
+        self._last_batch = None
         if batch is not None:
             if batch.lane is not None:
                 batch.lane.close()
