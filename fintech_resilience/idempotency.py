@@ -351,8 +351,9 @@ class IdempotencyStore:
                                        associated_data=record_key.encode())
         claim = Claim(reply.outcome, record_key, owner, reply.fencing_token, reply.reclaimed,
                       reply.retry_after, response)
-        self.audit(claim.outcome.value, claim.key_hash, claim.fencing_token,
-                   reclaimed=claim.reclaimed)
+        if self._observed():
+            self.audit(claim.outcome.value, claim.key_hash, claim.fencing_token,
+                       reclaimed=claim.reclaimed)
         return claim
 
     def claim(self, record_key: str, fingerprint: str, *, principal: str | None = None,
@@ -426,7 +427,7 @@ class IdempotencyStore:
             return False
         result = parse_complete(raw)
         if result is CompleteReply.OK:
-            if op != "renew":
+            if op != "renew" and self._observed():
                 self.audit("completed" if op == "complete" else "released", claim.key_hash,
                            claim.fencing_token)
             return True
@@ -542,6 +543,12 @@ class IdempotencyStore:
         return renewer
 
     # -- telemetry and audit -----------------------------------------------------------------------
+    @staticmethod
+    def _observed() -> bool:
+        """Whether an INFO outcome reaches anyone (telemetry, or the audit logger's handlers):
+        the common outcomes skip building their record when it would not."""
+        return telemetry.active() or audit_log.isEnabledFor(logging.INFO)
+
     def audit(self, outcome: str, key_hash: str, fencing_token: int, *,
               level: int = logging.INFO, **fields: Any) -> None:
         """One outcome: an OTel event + the ``resilience.decisions`` metric, and a structured log
