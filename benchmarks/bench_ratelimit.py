@@ -130,7 +130,7 @@ async def async_case(url: str, rounds: int) -> Case:
     client = redis.asyncio.Redis.from_url(url)
     sha, source = script("ratelimit_gcra")
     await client.script_load(source)
-    tail = ours._tail
+    tail = ours._args_tail  # the arguments exactly as our decisions send them
     counter = iter(range(10**9))
 
     async def one_evalsha() -> Any:

@@ -338,6 +338,9 @@ class RateLimiter:
             else:
                 tail += [rate.amount, period_us]
         self._tail = tuple(tail)
+        # ... as the scripts receive them: fractions written once (as redis-py would write them),
+        # not on every call
+        self._args_tail = tuple(repr(x) if isinstance(x, float) else x for x in tail)
         # the memory default with one GCRA limit: the twin bound to its store, no dispatch
         self._local: Callable[[str, int], list[int]] | None = None
         if isinstance(self.backend, MemoryBackend) and algorithm == "gcra" and len(tail) == 2:
@@ -365,7 +368,7 @@ class RateLimiter:
                 self._key_cache.clear()
             self._key_cache[key] = keys
         now = 0 if self.clock is None else round(self.clock.time() * 1_000_000)
-        return keys, (now, cost, *self._tail)
+        return keys, (now, cost, *self._args_tail)
 
     def _decide(self, result: Any, cost: int) -> Decision:
         if isinstance(result, Fallback):
@@ -373,7 +376,7 @@ class RateLimiter:
         else:
             local = "local" if type(result) is LocalReply else None
             if result[0]:
-                decision = Decision(True, result, self, fallback=local)
+                decision = Decision(True, result, self, False, local)
             elif self.shadow:
                 decision = Decision(True, result, self, shadowed=True, fallback=local)
             else:

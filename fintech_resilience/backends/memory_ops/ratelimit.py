@@ -24,14 +24,14 @@ def gcra(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: i
     now = float(now_us)
     cost = float(args[1])
     if len(keys) == 1:
-        return _gcra_one(store, keys[0], args[2], args[3], cost, now, now_us)
+        return _gcra_one(store, keys[0], float(args[2]), float(args[3]), cost, now, now_us)
     entries = [store.entry(key, now_us) for key in keys]
     tats: list[float] = []
     allowed = 1
     retry = 0.0
     for i, entry in enumerate(entries):
-        interval = args[2 * i + 2]
-        tau = args[2 * i + 3]
+        interval = float(args[2 * i + 2])
+        tau = float(args[2 * i + 3])
         tat = entry[0] if entry is not None else 0.0
         if tat < now:
             tat = now
@@ -49,8 +49,8 @@ def gcra(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: i
                     retry = wait
     out = [allowed, math.floor(retry + 0.5) if retry > 0 else (-1 if retry < 0 else 0)]
     for i, entry in enumerate(entries):
-        interval = args[2 * i + 2]
-        tau = args[2 * i + 3]
+        interval = float(args[2 * i + 2])
+        tau = float(args[2 * i + 3])
         tat = tats[i]
         if allowed:
             tat = tat + interval * cost
