@@ -5,7 +5,9 @@ change only inside ``breaker_acquire`` / ``breaker_record`` / ``breaker_control`
 their twins in memory). Each process keeps a :class:`View` of the last reply, so:
 
 * CLOSED (and DISABLED, METRICS_ONLY): the call runs at once; afterwards one ``breaker_record``
-  round trip counts the outcome and returns the new state. One round trip per call.
+  round trip counts the outcome and returns the new state. One round trip per call. (On a
+  MemoryBackend a plain success in a full count window is counted in place, without the
+  operation: see ``memory_ops.breaker.closed_success_bound``.)
 * OPEN / FORCED_OPEN known locally: rejected with :class:`CircuitOpen` without a round trip; the
   process asks again (one ``breaker_acquire``) when the break is over, or every
   ``refresh_interval`` seconds so operator commands reach it.

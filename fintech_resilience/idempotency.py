@@ -297,7 +297,9 @@ class IdempotencyStore:
         self._renewer_lock = threading.Lock()
         self._loop_renewers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
                                                        _LoopRenewer] = weakref.WeakKeyDictionary()
-        self._last_loop_renewer: _LoopRenewer | None = None
+        #: the renewer of the loop that asked last, and a weak reference to that loop
+        self._last_loop_renewer: tuple[weakref.ref[asyncio.AbstractEventLoop],
+                                       _LoopRenewer] | None = None
 
     @property
     def on_backend_error(self) -> OnBackendError:
@@ -532,14 +534,14 @@ class IdempotencyStore:
 
     def _loop_renewer(self) -> _LoopRenewer:
         loop = asyncio.get_running_loop()
-        renewer = self._last_loop_renewer
-        if renewer is not None and renewer.loop is loop:
-            return renewer
+        last = self._last_loop_renewer
+        if last is not None and last[0]() is loop:
+            return last[1]
         with self._renewer_lock:
             renewer = self._loop_renewers.get(loop)
             if renewer is None:
-                renewer = self._loop_renewers[loop] = _LoopRenewer(self, loop)
-        self._last_loop_renewer = renewer
+                renewer = self._loop_renewers[loop] = _LoopRenewer(self)
+        self._last_loop_renewer = (weakref.ref(loop), renewer)
         return renewer
 
     # -- telemetry and audit -----------------------------------------------------------------------
@@ -666,39 +668,44 @@ class _Holding:
 class _LoopRenewer:
     """One per store and event loop: renews every running async claim of the store each
     ``lease / 3`` seconds, with one timer armed while claims run (so a fast handler costs two
-    dict operations, no timer of its own). Renewals of one tick run concurrently in one task."""
+    dict operations, no timer of its own). Renewals of one tick run concurrently in one task.
+    It keeps no reference to its loop (the store finds it by a weak one), so a finished loop
+    can be collected."""
 
-    __slots__ = ("due", "handle", "interval", "loop", "store", "tasks")
+    __slots__ = ("armed", "due", "interval", "store", "tasks")
 
-    def __init__(self, store: IdempotencyStore, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, store: IdempotencyStore) -> None:
         self.store = store
-        self.loop = loop
         self.interval = store.lease / 3
         self.due: dict[int, tuple[Claim, float]] = {}
-        self.handle: asyncio.TimerHandle | None = None
+        self.armed = False  # a _tick is scheduled (its handle is not kept: it refers to the loop)
         self.tasks: set[asyncio.Task[None]] = set()
 
     def add(self, claim: Claim) -> None:
-        self.due[id(claim)] = (claim, self.loop.time() + self.interval)
-        if self.handle is None:
-            self.handle = self.loop.call_later(self.interval, self._tick)
+        loop = asyncio.get_running_loop()
+        self.due[id(claim)] = (claim, loop.time() + self.interval)
+        if not self.armed:
+            self.armed = True
+            loop.call_later(self.interval, self._tick)
 
     def remove(self, claim: Claim) -> None:
         self.due.pop(id(claim), None)
 
     def _tick(self) -> None:
-        self.handle = None
+        self.armed = False
         if not self.due:
             return  # nothing runs: the next add() arms the timer again
-        now = self.loop.time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         due = [claim for claim, at in self.due.values() if at <= now]
         for claim in due:
             self.due[id(claim)] = (claim, now + self.interval)
         if due:
-            task = self.loop.create_task(self._renew(due))
+            task = loop.create_task(self._renew(due))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        self.handle = self.loop.call_at(min(at for _, at in self.due.values()), self._tick)
+        self.armed = True
+        loop.call_at(min(at for _, at in self.due.values()), self._tick)
 
     async def _renew(self, claims: list[Claim]) -> None:
         await asyncio.gather(*(self._renew_one(claim) for claim in claims))

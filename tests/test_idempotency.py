@@ -382,6 +382,43 @@ async def test_lease_is_renewed_in_the_background_while_an_async_handler_runs() 
     assert await store.acomplete(claim, response())
 
 
+async def test_one_timer_renews_staggered_async_claims_each_before_its_lease_ends() -> None:
+    store = IdempotencyStore(MemoryBackend(), secret=SECRET, lease=0.15, ttl=60)
+
+    async def handler(name: str, start: float) -> bool:
+        await asyncio.sleep(start)
+        claim = await store.aclaim(store.record_key(name, scope="alice"), store.fingerprint(b""))
+        async with store.aholding(claim) as ctx:
+            await asyncio.sleep(0.4)  # more than twice the lease
+            lost = ctx.lease_lost
+        return not lost and await store.acomplete(claim, response())
+
+    assert await asyncio.gather(*(handler(f"k{i}", 0.03 * i) for i in range(5))) == [True] * 5
+
+
+def test_a_finished_event_loop_is_not_kept_alive(redis_url: str) -> None:
+    import gc
+    import weakref
+
+    backend = RedisBackend.from_url(redis_url, timeout=1.0)
+    store = IdempotencyStore(backend, secret=SECRET, check_eviction=False)
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def request(i: int) -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        claim = await store.aclaim(store.record_key(f"loop-{i}", scope="alice"),
+                                   store.fingerprint(b""))
+        async with store.aholding(claim):
+            pass
+        assert await store.acomplete(claim, response())
+
+    for i in range(3):
+        asyncio.run(request(i))  # no aclose(): each loop's shutdown closes its connection
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None, None]
+    backend.close()
+
+
 def test_lease_is_renewed_in_the_background_while_a_sync_handler_runs() -> None:
     import threading
 

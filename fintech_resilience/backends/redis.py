@@ -405,6 +405,15 @@ class RedisBackend(Backend):
         batch.pending.append((script_name, keys, args, future))
         return await future
 
+    def _forget_loop(self, loop: weakref.ref[asyncio.AbstractEventLoop]) -> None:
+        """The loop shuts down: forget its batch, so the loop can be collected."""
+        gone = loop()
+        if gone is not None:
+            self._batches.pop(gone, None)
+        last = self._last_batch
+        if last is not None and last[0]() is gone:
+            self._last_batch = None
+
     async def _open_lane(self, batch: _Batch) -> Lane:
         # concurrent first calls wait for one connection together (and then share its first
         # write); a caller that gives up does not cancel the connection the others wait for
@@ -413,10 +422,14 @@ class RedisBackend(Backend):
             assert batch.lane_settings is not None
             opening = batch.opening = asyncio.ensure_future(Lane.open(batch.lane_settings))
 
+            loop = weakref.ref(asyncio.get_running_loop())
+
             def opened(done: asyncio.Future[Lane]) -> None:
                 batch.opening = None
                 if not done.cancelled() and done.exception() is None:
                     batch.lane = done.result()
+                    # the batch refers to its loop (through the lane): drop it with the loop
+                    batch.lane.on_shutdown = functools.partial(self._forget_loop, loop)
 
             opening.add_done_callback(opened)
         return await asyncio.shield(opening)
