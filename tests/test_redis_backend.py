@@ -137,3 +137,46 @@ def test_eviction_policies_on_every_cluster_primary(cluster_url):
     assert backend.eviction_policies() == ["noeviction"] * 3
     assert backend.warn_if_evicting("records") is False
     backend.close()
+
+
+def _node_connections(url: str) -> int:
+    """Connections the server(s) of ``url`` hold, not counting the one asking."""
+    hosts = url.split("//", 1)[1].split("/", 1)[0].split(",")
+    total = 0
+    for host in hosts:
+        h, p = host.rsplit(":", 1)
+        admin = redis.Redis(host=h, port=int(p))
+        try:
+            total += len(admin.client_list()) - 1
+        finally:
+            admin.close()
+    return total
+
+
+@pytest.mark.parametrize("topology", ["standalone", "cluster"])
+def test_a_worker_running_one_loop_per_job_keeps_nothing_of_finished_loops(
+        topology: str, request: pytest.FixtureRequest) -> None:
+    import gc
+    import time
+    import weakref
+
+    url = request.getfixturevalue("redis_url" if topology == "standalone" else "cluster_url")
+    backend = RedisBackend.from_url(url, timeout=1.0)
+    limiter = RateLimiter("1000/second", backend=backend, name="jobs")
+    limiter.acquire("warm")  # the sync connection stays: it is not the asyncio side's
+    baseline = _node_connections(url)
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def job() -> bool:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        return (await limiter.aacquire("k")).allowed
+
+    for _ in range(5):  # no aclose(): each loop's shutdown closes what it opened
+        assert asyncio.run(job())
+    gc.collect()
+    assert [ref() for ref in loops] == [None] * 5
+    deadline = time.monotonic() + 5
+    while _node_connections(url) > baseline and time.monotonic() < deadline:
+        time.sleep(0.02)  # the server learns of a close on its own time
+    assert _node_connections(url) == baseline
+    backend.close()

@@ -37,6 +37,8 @@ class ClientFactory:
     sync: Callable[[], Any] | None
     asyncio: Callable[[], Any] | None
     topology: str  # "standalone", "sentinel" or "cluster"
+    #: ``asyncio()`` makes a new client per loop (ours to close), not the caller's own client
+    owns_async: bool = True
 
 
 def _no_retry_sync() -> redis.retry.Retry:
@@ -152,11 +154,13 @@ def factory_from_client(client: Any, async_client: Any | None) -> ClientFactory:
     sync: Callable[[], Any] | None = None
     make_async: Callable[[], Any] | None = None
     topology = "standalone"
+    owns_async = True
     for c in (client, async_client):
         if c is None:
             continue
         if isinstance(c, redis.asyncio.cluster.RedisCluster | redis.asyncio.Redis):
             make_async = functools.partial(_same, c)
+            owns_async = False
         elif isinstance(c, redis.cluster.RedisCluster | redis.Redis):
             sync = functools.partial(_same, c)
         else:
@@ -178,7 +182,7 @@ def factory_from_client(client: Any, async_client: Any | None) -> ClientFactory:
             make_async = None  # cannot be derived: pass async_client as well
         else:
             make_async = _async_like(pool.connection_class, kwargs)
-    return ClientFactory(sync, make_async, topology)
+    return ClientFactory(sync, make_async, topology, owns_async)
 
 
 def _async_like(connection_class: type, kwargs: dict[str, Any]) -> Callable[[], Any]:

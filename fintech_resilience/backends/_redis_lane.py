@@ -104,8 +104,6 @@ class Lane(asyncio.Protocol):
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._keeper: asyncio.Task[None] | None = None
         self.closed = False
-        #: called once if the event loop shuts down while this lane is open
-        self.on_shutdown: Callable[[], None] | None = None
 
     @classmethod
     async def open(cls, settings: LaneSettings) -> Lane:
@@ -137,15 +135,9 @@ class Lane(asyncio.Protocol):
 
     async def _close_at_shutdown(self) -> None:
         """Close the connection when the event loop shuts down (``asyncio.run`` and its kin
-        cancel the tasks still pending), so no socket outlives its loop unclosed; then run
-        ``on_shutdown`` (the backend forgets what it kept for the loop)."""
+        cancel the tasks still pending), so no socket outlives its loop unclosed."""
         try:
             await self._done
-        except asyncio.CancelledError:
-            self.close()
-            if self.on_shutdown is not None:
-                self.on_shutdown()
-            raise
         finally:
             self.close()
 

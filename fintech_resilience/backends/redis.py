@@ -17,6 +17,7 @@ lets one probe through. A dead Redis therefore costs at most one ``timeout`` per
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -171,8 +172,8 @@ def _direct_pool(client: Any) -> Any:
 class _Batch:
     """Per event loop: the asyncio client, and the lane or pipeline concurrent decisions share."""
 
-    __slots__ = ("client", "in_flight", "lane", "lane_settings", "lock", "opening", "pending",
-                 "ready", "scheduled")
+    __slots__ = ("client", "in_flight", "keeper", "lane", "lane_settings", "lock", "opening",
+                 "pending", "ready", "scheduled")
 
     def __init__(self, client: Any, ready: bool, max_in_flight: int, lanes: bool) -> None:
         self.client = client
@@ -189,6 +190,7 @@ class _Batch:
         # calls that cannot share a pipeline (Cluster) queue here instead of exhausting the
         # client's connection pool
         self.in_flight = asyncio.Semaphore(max_in_flight)
+        self.keeper: asyncio.Task[None] | None = None
 
 
 class RedisBackend(Backend):
@@ -281,6 +283,7 @@ class RedisBackend(Backend):
                 self._factory.asyncio(), ready=self.topology != "cluster",
                 max_in_flight=self.max_in_flight,
                 lanes=self.pipeline and self.topology == "standalone")
+            batch.keeper = loop.create_task(self._keep(weakref.ref(loop), batch))
         self._last_batch = (weakref.ref(loop), batch)
         return batch
 
@@ -405,14 +408,24 @@ class RedisBackend(Backend):
         batch.pending.append((script_name, keys, args, future))
         return await future
 
-    def _forget_loop(self, loop: weakref.ref[asyncio.AbstractEventLoop]) -> None:
-        """The loop shuts down: forget its batch, so the loop can be collected."""
-        gone = loop()
-        if gone is not None:
-            self._batches.pop(gone, None)
-        last = self._last_batch
-        if last is not None and last[0]() is gone:
-            self._last_batch = None
+    async def _keep(self, loop: weakref.ref[asyncio.AbstractEventLoop], batch: _Batch) -> None:
+        """Wait for the loop's shutdown (``asyncio.run`` and its kin cancel the pending tasks),
+        then close what this backend opened for the loop and forget it: a process that runs many
+        loops (a worker calling ``asyncio.run`` per job) keeps no connection and no loop of the
+        finished ones. A client the caller passed in is the caller's to close."""
+        try:
+            await asyncio.get_running_loop().create_future()  # completes never
+        except asyncio.CancelledError:
+            running = loop()
+            if running is not None and self._batches.get(running) is batch:  # not aclose()d
+                del self._batches[running]
+                self._last_batch = None
+                if batch.lane is not None:
+                    batch.lane.close()
+                if self._factory.owns_async:
+                    with contextlib.suppress(Exception):
+                        await batch.client.aclose()
+            raise
 
     async def _open_lane(self, batch: _Batch) -> Lane:
         # concurrent first calls wait for one connection together (and then share its first
@@ -422,14 +435,10 @@ class RedisBackend(Backend):
             assert batch.lane_settings is not None
             opening = batch.opening = asyncio.ensure_future(Lane.open(batch.lane_settings))
 
-            loop = weakref.ref(asyncio.get_running_loop())
-
             def opened(done: asyncio.Future[Lane]) -> None:
                 batch.opening = None
                 if not done.cancelled() and done.exception() is None:
                     batch.lane = done.result()
-                    # the batch refers to its loop (through the lane): drop it with the loop
-                    batch.lane.on_shutdown = functools.partial(self._forget_loop, loop)
 
             opening.add_done_callback(opened)
         return await asyncio.shield(opening)
@@ -551,6 +560,8 @@ class RedisBackend(Backend):
         batch = self._batches.pop(loop, None)
         self._last_batch = None
         if batch is not None:
+            if batch.keeper is not None:
+                batch.keeper.cancel()  # its loop is still running: nothing left for it to do
             if batch.lane is not None:
                 batch.lane.close()
             await batch.client.aclose()
