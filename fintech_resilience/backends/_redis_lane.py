@@ -15,7 +15,8 @@ redis-py (:func:`settings_of` returns None for them).
 Failure rules: a reply later than ``timeout`` closes the connection and fails every waiting
 command (their streams can no longer be trusted); a lost connection fails them too; a caller
 that stops waiting (cancellation) leaves its reply to be read and dropped, so the connection
-stays in step. A closed lane is replaced by the backend on the next call.
+stays in step. A closed lane is replaced by the backend on the next call; the backend closes
+its lane when the event loop shuts down.
 """
 
 from __future__ import annotations
@@ -101,8 +102,6 @@ class Lane(asyncio.Protocol):
         self._answered = 0
         self._writes: collections.deque[tuple[int, float]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
-        self._done: asyncio.Future[None] = self._loop.create_future()
-        self._keeper: asyncio.Task[None] | None = None
         self.closed = False
 
     @classmethod
@@ -130,16 +129,7 @@ class Lane(asyncio.Protocol):
         except BaseException:
             lane.close()
             raise
-        lane._keeper = loop.create_task(lane._close_at_shutdown())
         return lane
-
-    async def _close_at_shutdown(self) -> None:
-        """Close the connection when the event loop shuts down (``asyncio.run`` and its kin
-        cancel the tasks still pending), so no socket outlives its loop unclosed."""
-        try:
-            await self._done
-        finally:
-            self.close()
 
     # -- commands ----------------------------------------------------------------------------
     def call(self, command: tuple[Any, ...]) -> asyncio.Future[Any]:
@@ -212,8 +202,6 @@ class Lane(asyncio.Protocol):
     # -- shutdown ----------------------------------------------------------------------------
     def _fail(self, error: Exception) -> None:
         self.closed = True
-        if not self._done.done():
-            self._done.set_result(None)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -418,14 +418,20 @@ class RedisBackend(Backend):
         except asyncio.CancelledError:
             running = loop()
             if running is not None and self._batches.get(running) is batch:  # not aclose()d
-                del self._batches[running]
-                self._last_batch = None
-                if batch.lane is not None:
-                    batch.lane.close()
-                if self._factory.owns_async:
-                    with contextlib.suppress(Exception):
-                        await batch.client.aclose()
+                with contextlib.suppress(Exception):
+                    await self._drop(running, close_client=self._factory.owns_async)
             raise
+
+    async def _drop(self, loop: asyncio.AbstractEventLoop, *, close_client: bool) -> None:
+        """Forget ``loop``'s batch; close its lane and (if asked) its asyncio client."""
+        batch = self._batches.pop(loop, None)
+        self._last_batch = None
+        if batch is None:
+            return
+        if batch.lane is not None:
+            batch.lane.close()
+        if close_client:
+            await batch.client.aclose()
 
     async def _open_lane(self, batch: _Batch) -> Lane:
         # concurrent first calls wait for one connection together (and then share its first
@@ -557,14 +563,10 @@ class RedisBackend(Backend):
 
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
-        batch = self._batches.pop(loop, None)
-        self._last_batch = None
-        if batch is not None:
-            if batch.keeper is not None:
-                batch.keeper.cancel()  # its loop is still running: nothing left for it to do
-            if batch.lane is not None:
-                batch.lane.close()
-            await batch.client.aclose()
+        batch = self._batches.get(loop)
+        if batch is not None and batch.keeper is not None:
+            batch.keeper.cancel()  # the loop goes on: its keeper has nothing left to do
+        await self._drop(loop, close_client=True)
         self.close()
 
     def __repr__(self) -> str:
