@@ -8,8 +8,10 @@ streaming responses, background tasks and contextvars work as without it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
-from ._ratelimit_http import RateLimitEdge
+from ._ratelimit_http import RateLimitEdge, Verdict
 
 __all__ = ["RateLimitMiddleware"]
 
@@ -50,23 +52,28 @@ class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
             await self.app(scope, receive, send)
             return
         core = self.core
-        verdict = core.check_now(scope["method"], scope["path"], scope)
-        if verdict is None:
-            verdict = await core.acheck(scope["method"], scope["path"], scope)
-        if not verdict.allowed:
-            await send({"type": "http.response.start", "status": verdict.status,
-                        "headers": _encode(verdict.headers)})
-            await send({"type": "http.response.body", "body": verdict.body})
-            return
-        if not verdict.headers:
-            await self.app(scope, receive, send)
-            return
-        extra = _encode(verdict.headers)
+        verdict = core.encoded_now(scope)
+        if type(verdict) is list:  # admitted in process: the fields come encoded
+            extra = verdict
+        else:
+            if verdict is None:
+                verdict = await core.acheck(scope["method"], scope["path"], scope)
+            assert isinstance(verdict, Verdict)
+            if not verdict.allowed:
+                await send({"type": "http.response.start", "status": verdict.status,
+                            "headers": _encode(verdict.headers)})
+                await send({"type": "http.response.body", "body": verdict.body})
+                return
+            if not verdict.headers:
+                await self.app(scope, receive, send)
+                return
+            extra = _encode(verdict.headers)
 
-        async def send_with_fields(message: Message) -> None:
+        def send_with_fields(message: Message) -> Awaitable[None]:
+            # a plain function returning send's awaitable: no coroutine of its own per message
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), *extra]
-            await send(message)
+            return send(message)
 
         await self.app(scope, receive, send_with_fields)
 

@@ -24,7 +24,7 @@ from . import telemetry
 from .backends.memory import MemoryBackend
 from .errors import ConfigurationError
 from .keys import ClientKey, principal_or_ip
-from .ratelimit import Decision, RateLimiter
+from .ratelimit import Decision, RateLimiter, field_parts
 
 __all__ = [
     "PROBLEM_JSON",
@@ -97,7 +97,8 @@ class Rule:
     :param cost: units per request, or ``callable(request) -> int``.
     """
 
-    __slots__ = ("_policy", "_sync", "cost", "key", "limiter", "methods", "path")
+    __slots__ = ("_item_bytes", "_policy", "_policy_bytes", "_sync", "cost", "key", "limiter",
+                 "methods", "path")
 
     def __init__(self, limiter: RateLimiter, *, methods: Iterable[str] | None = None,
                  path: str | re.Pattern[str] | None = None, key: KeyFunc | None = None,
@@ -121,6 +122,9 @@ class Rule:
         self.cost = cost
         # a limiter's RateLimit-Policy never changes: the limiter formats it once
         self._policy = limiter.policy_field
+        # ... and as ASGI sends it; the one-limit ``RateLimit`` item as a bytes template
+        self._policy_bytes = (b"ratelimit-policy", self._policy.encode("latin-1"))
+        self._item_bytes = f'"{limiter.name}";r=%d;t=%d'.encode("latin-1")
         # a memory backend never waits on I/O: its sync path is cheaper, also under asyncio
         self._sync = isinstance(limiter.backend, MemoryBackend)
 
@@ -162,8 +166,8 @@ class RateLimitCore:
     See :class:`fintech_resilience.asgi.RateLimitMiddleware` for the meaning of each option.
     """
 
-    __slots__ = ("_exempt_prefixes", "_in_process", "_simple", "audit", "exempt", "headers",
-                 "headers_on_allowed", "key", "rules", "shadow")
+    __slots__ = ("_encodable", "_exempt_prefixes", "_in_process", "_simple", "audit", "exempt",
+                 "headers", "headers_on_allowed", "key", "rules", "shadow")
 
     def __init__(self, limiter: RateLimiter | None = None, *, rules: Sequence[Rule] = (),
                  key: KeyFunc | None = None, cost: int | Callable[[Any], int] = 1,
@@ -210,6 +214,12 @@ class RateLimitCore:
             len(self.rules) == 1 and only.methods is None and only.path is None
             and only.key is None and not callable(only.cost) and not self._exempt_prefixes
             and exempt is None) else None
+        # ... and when that limiter is in process with one limit, fields on every admitted
+        # response and no shadow mode, an ASGI edge gets the fields encoded (encoded_now)
+        self._encodable = only if (
+            self._simple is not None and only.limiter._local is not None
+            and type(only.limiter).acquire is RateLimiter.acquire  # no override to bypass
+            and self.headers and self.headers_on_allowed and not self.shadow) else None
 
     def check_now(self, method: str, path: str, request: Any) -> Verdict | None:
         """:meth:`check` when every limiter decides in this process (memory) and no audit log
@@ -217,6 +227,24 @@ class RateLimitCore:
         if self._in_process and self.audit is None and _audit._DEFAULT[0] is None:
             return self.check(method, path, request)
         return None
+
+    def encoded_now(self, scope: Any) -> list[tuple[bytes, bytes]] | Verdict | None:
+        """:meth:`check_now` for an ASGI scope, with a shortcut for the commonest case: one
+        in-process limiter admitting, no telemetry or audit to feed - then the response fields
+        already encoded as ASGI sends them (no :class:`Verdict`, no str fields to encode)."""
+        rule = self._encodable
+        if (rule is None or self.audit is not None or _audit._DEFAULT[0] is not None
+                or telemetry.active()):
+            return self.check_now(scope["method"], scope["path"], scope)
+        key = self.key(scope)
+        if key is None:
+            return _PASS
+        limiter, cost = rule.limiter, rule.cost
+        raw = limiter._local_reply(key, cost)  # type: ignore[arg-type]
+        if raw[0]:  # admitted (what RateLimiter.acquire would answer, minus the Decision)
+            item = rule._item_bytes % field_parts(limiter, raw, 0)
+            return [rule._policy_bytes, (b"ratelimit", item)]
+        return self.verdict([(rule, limiter._decide(raw, cost))])  # type: ignore[arg-type]
 
     def _quick(self, rule: Rule, decision: Decision) -> Verdict:
         """The verdict of one admitted decision on the hot path (else the general one)."""

@@ -189,8 +189,8 @@ class ClientKey:
     framework request; it never returns the leftmost ``X-Forwarded-For`` entry.
     """
 
-    __slots__ = ("_cache", "_environ_header", "_header", "_header_bytes", "_ipv6_prefix",
-                 "_networks", "_principal", "_principal_header", "_unix")
+    __slots__ = ("_anonymous", "_cache", "_environ_header", "_header", "_header_bytes",
+                 "_ipv6_prefix", "_networks", "_principal", "_principal_header", "_unix")
 
     def __init__(self, *, trusted_proxies: Iterable[str] = (), header: str = "X-Forwarded-For",
                  principal: Callable[[Any], str | None] | None = None,
@@ -215,6 +215,10 @@ class ClientKey:
         self._ipv6_prefix = ipv6_prefix
         # (peer, forwarded header) -> address text: peers repeat, parsing addresses does not pay
         self._cache: dict[tuple[str | None, str | None], str] = {}
+        # ASGI peer -> "ip:<address>" of an anonymous request from an untrusted peer (its key
+        # depends on the peer alone); None when a principal callable or header must be read
+        self._anonymous: dict[str, str] | None = (
+            {} if principal is None and principal_header is None else None)
 
     def principal(self, request: Any) -> str | None:
         """The authenticated principal of ``request``, or None for an anonymous caller."""
@@ -291,6 +295,21 @@ class ClientKey:
         return str(address)
 
     def __call__(self, request: Any) -> str:
+        anonymous = self._anonymous
+        if (anonymous is not None and type(request) is dict and not request.get("state")
+                and request.get("user") is None and "headers" in request and "type" in request):
+            # an ASGI scope with no principal in it: the peer decides, when it is untrusted
+            client = request.get("client")
+            if client and type(client[0]) is str:
+                known = anonymous.get(client[0])
+                if known is not None:
+                    return known
+                found = f"ip:{self._ip_of('asgi', request)}"
+                if self._cache.get((client[0], None)):  # untrusted: its headers do not count
+                    if len(anonymous) >= _CACHE_SIZE:
+                        anonymous.clear()
+                    anonymous[client[0]] = found
+                return found
         kind, mapping, obj = _as_mapping(request)
         principal = self._principal_of(request, kind, mapping, obj)
         return f"p:{principal}" if principal is not None else f"ip:{self._ip_of(kind, mapping)}"

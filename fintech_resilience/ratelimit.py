@@ -218,8 +218,7 @@ class Decision:
         unit is available, for the window algorithms the time until the window resets. None when
         an ``on_backend_error`` policy decided (nothing was measured: the field is omitted).
         """
-        raw = self._raw
-        if not raw:
+        if not self._raw:
             return None
         limiter = self._limiter
         if len(limiter.rates) == 1:
@@ -227,16 +226,8 @@ class Decision:
         else:
             i = self._index()
             label = f"{limiter.name}-{i}"
-        remaining = int(raw[2 * i + 2])
-        wait_us: float = raw[2 * i + 3]
-        if wait_us > 0 and limiter.algorithm == "gcra":
-            # the next unit arrives when tau - (tat - now) reaches (remaining + 1) intervals;
-            # 1 microsecond of tolerance absorbs the reply's rounding to whole microseconds
-            tail = limiter._tail
-            next_us = wait_us - tail[2 * i + 1] + (remaining + 1) * tail[2 * i]
-            if next_us - 1 < wait_us:
-                wait_us = next_us - 1 if next_us > 1 else 0.0
-        return f'"{label}";r={remaining};t={math.ceil(wait_us / 1_000_000)}'
+        remaining, window = field_parts(limiter, self._raw, i)
+        return f'"{label}";r={remaining};t={window}'
 
     def headers(self, *, retry_after: bool = True) -> dict[str, str]:
         """The IETF ``RateLimit``/``RateLimit-Policy`` fields (and ``Retry-After`` if refused).
@@ -279,6 +270,21 @@ def _check_cost(cost: int) -> None:
             f"cost must be an int between 1 and {MAX_AMOUNT} (money in integer minor units);"
             f" got {cost!r}"
         )
+
+
+def field_parts(limiter: RateLimiter, raw: Sequence[int], i: int) -> tuple[int, int]:
+    """``(r, t)`` of the IETF ``RateLimit`` item of ``limiter``'s limit ``i`` from a measured
+    reply ``raw`` (see :meth:`Decision.ratelimit_field`)."""
+    remaining = int(raw[2 * i + 2])
+    wait_us: float = raw[2 * i + 3]
+    if wait_us > 0 and limiter.algorithm == "gcra":
+        # the next unit arrives when tau - (tat - now) reaches (remaining + 1) intervals;
+        # 1 microsecond of tolerance absorbs the reply's rounding to whole microseconds
+        tail = limiter._tail
+        next_us = wait_us - tail[2 * i + 1] + (remaining + 1) * tail[2 * i]
+        if next_us - 1 < wait_us:
+            wait_us = next_us - 1 if next_us > 1 else 0.0
+    return remaining, math.ceil(wait_us / 1_000_000)
 
 
 class RateLimiter:
@@ -404,18 +410,22 @@ class RateLimiter:
         if local is None:
             keys, args = self._request(key, cost)
             return self._decide(self._run(self._script, keys, args), cost)
-        # the memory default with one GCRA limit (its hottest path): no dispatch, no packing
-        cached = self._key_cache.get(key)
-        if cached is None or type(key) is bool or type(cost) is not int or not (
-                1 <= cost <= MAX_AMOUNT):
-            cached = self._request(key, cost)[0]
-        raw = local(cached[0], cost)
+        raw = self._local_reply(key, cost)
         if raw[0]:  # admitted: nothing to audit, no fallback to name
             decision = Decision(True, raw, self)
             if telemetry.active():
                 self._emit(decision, cost)
             return decision
         return self._decide(raw, cost)
+
+    def _local_reply(self, key: KeyArg, cost: int) -> list[int]:
+        """The memory default with one GCRA limit (its hottest path): the twin's reply, with
+        no dispatch and no argument packing. Only when ``self._local`` is set."""
+        cached = self._key_cache.get(key)
+        if cached is None or type(key) is bool or type(cost) is not int or not (
+                1 <= cost <= MAX_AMOUNT):
+            cached = self._request(key, cost)[0]
+        return self._local(cached[0], cost)  # type: ignore[misc]
 
     async def aacquire(self, key: KeyArg, cost: int = 1) -> Decision:
         """Async twin of :meth:`acquire`."""

@@ -409,3 +409,41 @@ def test_fields_match_decision_headers_exactly(clock):
             assert limiter_policy(lim) == expected["RateLimit-Policy"]
             assert ratelimit_item(rule, decision) == expected["RateLimit"]
             clock.advance(0.7)
+
+
+def test_encoded_fields_match_the_general_path(clock):
+    """The ASGI shortcut (one in-process limiter, fields encoded without a Verdict) answers
+    byte for byte what the general path answers, refusals included."""
+    from fintech_resilience._asgi_ratelimit import _encode
+
+    for spec, kw in (("3/minute", {}), ("5/second", {"burst": 2}), ("2/second", {"shadow": True})):
+        fast = RateLimitMiddleware(_ok_app, limiter=limiter(spec, clock=clock, **kw)).core
+        general = RateLimitMiddleware(_ok_app, limiter=limiter(spec, clock=clock, **kw)).core
+        assert fast._encodable is not None
+        for step in range(12):
+            scope = {"type": "http", "method": "GET", "path": "/", "headers": [],
+                     "client": (f"203.0.113.{step % 2}", 1)}
+            got = fast.encoded_now(scope)
+            want = general.check("GET", "/", scope)
+            if want.allowed and not want.decisions[-1].shadowed:
+                assert got == _encode(want.headers), (spec, step)
+            else:
+                assert not isinstance(got, list)
+                assert (got.allowed, got.status, got.headers, got.body) == (
+                    want.allowed, want.status, want.headers, want.body), (spec, step)
+            clock.advance(0.15)
+
+
+def test_a_limiter_subclass_is_never_bypassed(clock):
+    calls: list[Any] = []
+
+    class Counting(RateLimiter):
+        def acquire(self, key: Any, cost: int = 1) -> Any:
+            calls.append(key)
+            return super().acquire(key, cost)
+
+    lim = Counting("5/minute", backend=MemoryBackend(), clock=clock, name="api")
+    with TestClient(make_app(limiter=lim)) as client:
+        response = client.get("/r")
+    assert response.headers["ratelimit"] == '"api";r=4;t=12'
+    assert len(calls) == 1

@@ -168,6 +168,29 @@ class TestPrincipalOrIp:
         key = principal_or_ip(trusted_proxies=["unix"])
         assert key(scope(None, xff("6.6.6.6, 203.0.113.9"))) == "ip:203.0.113.9"
 
+    def test_a_remembered_anonymous_peer_still_yields_to_a_principal(self):
+        """The per-peer memo of anonymous ASGI keys never hides a principal or a trusted hop."""
+        key = principal_or_ip(trusted_proxies=["10.0.0.0/8"])
+
+        class User:
+            is_authenticated = True
+            identity = "u-9"
+
+        for _ in range(2):  # the second round is answered from the memo where it may be
+            assert key(scope("203.0.113.7")) == "ip:203.0.113.7"
+            assert key(scope("203.0.113.7", xff("6.6.6.6"))) == "ip:203.0.113.7"
+            assert key(scope("203.0.113.7", state={})) == "ip:203.0.113.7"
+            assert key(scope("203.0.113.7", state={"principal": "m-1"})) == "p:m-1"
+            assert key(scope("203.0.113.7", user=User())) == "p:u-9"
+            # a trusted peer is never memoised: each request's forwarded hop counts
+            assert key(scope("10.0.0.2", xff("198.51.100.1"))) == "ip:198.51.100.1"
+            assert key(scope("10.0.0.2", xff("198.51.100.2"))) == "ip:198.51.100.2"
+            assert key(scope("10.0.0.2")) == "ip:10.0.0.2"
+        by_header = principal_or_ip(principal_header="X-Authenticated-User")
+        for _ in range(2):
+            assert by_header(scope("203.0.113.7")) == "ip:203.0.113.7"
+            assert by_header(scope("203.0.113.7", [(b"x-authenticated-user", b"al")])) == "p:al"
+
     @pytest.mark.parametrize(("kwargs", "message"), [
         ({"trusted_proxies": "10.0.0.0/8"}, "list of CIDRs"),
         ({"trusted_proxies": ["10.0.0.0/33"]}, "CIDRs such as"),

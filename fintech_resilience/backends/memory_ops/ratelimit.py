@@ -116,7 +116,7 @@ def gcra_one_bound(backend: MemoryBackend, interval: float, tau: float,
         now = time_ns() // 1000 if clock is None else clock()
         acquire()
         try:
-            return _gcra_one(store, key, interval, tau, cost, now, now)
+            return _gcra_one(store, key, interval, tau, cost, float(now), now)
         finally:
             release()
 
