@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -14,7 +19,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 from test_asgi_ratelimit import serve_asgi
+from test_wsgi_ratelimit import serve_wsgi
 
+from fintech_resilience import wsgi
 from fintech_resilience._asgi_shedding import LoadSheddingMiddleware
 from fintech_resilience._ratelimit_http import TEMPORARY_REDUCED_CAPACITY
 from fintech_resilience.errors import ConfigurationError
@@ -190,5 +197,118 @@ def test_real_uvicorn_sheds_reporting_under_load_and_serves_payments():
     ({"max_in_flight": 5, "retry_after": 0}, "retry_after"),
 ])
 def test_bad_configuration_says_what_to_write(kwargs, message):
-    with pytest.raises(ConfigurationError, match=message):
-        LoadSheddingMiddleware(lambda *a: None, **kwargs)  # type: ignore[arg-type]
+    for middleware in (LoadSheddingMiddleware, wsgi.LoadSheddingMiddleware):
+        with pytest.raises(ConfigurationError, match=message):
+            middleware(lambda *a: None, **kwargs)  # type: ignore[arg-type]
+
+
+# -- WSGI ------------------------------------------------------------------------------------
+
+
+class ThreadGate:
+    """Holds every request inside the WSGI app (one server thread each) until opened."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.inside = 0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            self.inside += 1
+        assert self.open.wait(30), "the gate was never opened"
+
+    def until(self, count: int) -> None:
+        deadline = time.monotonic() + 30
+        while self.inside < count:
+            assert time.monotonic() < deadline, f"{self.inside} of {count} requests arrived"
+            time.sleep(0.005)
+
+
+def flask_app(gate: ThreadGate, **options: Any) -> Any:
+    from flask import Flask
+
+    app = Flask("shedding")
+
+    @app.route("/v1/payments", methods=["POST"])
+    @app.route("/v1/reports")
+    @app.route("/v1/other")
+    def held() -> str:
+        gate.wait()
+        return "done"
+
+    app.wsgi_app = wsgi.LoadSheddingMiddleware(app.wsgi_app, **options)  # type: ignore[method-assign]
+    return app
+
+
+def test_wsgi_threads_on_a_real_server_shed_reporting_first_and_keep_the_reserve():
+    gate = ThreadGate()
+    app = flask_app(gate, **OPTIONS)
+    layer = app.wsgi_app
+    with serve_wsgi(app) as url, ThreadPoolExecutor(12) as pool, \
+            httpx.Client(base_url=url, timeout=30) as client:
+        held = [pool.submit(client.get, "/v1/reports") for _ in range(5)]
+        gate.until(5)
+        shed_report = client.get("/v1/reports")
+        held += [pool.submit(client.get, "/v1/other") for _ in range(3)]
+        gate.until(8)
+        shed_default = client.get("/v1/other")
+        held += [pool.submit(client.post, "/v1/payments") for _ in range(2)]
+        gate.until(10)
+        shed_payment = client.post("/v1/payments")
+        assert layer.in_flight == 10
+        gate.open.set()
+        finished = [future.result() for future in held]
+        after = client.get("/v1/reports")
+    assert [r.status_code for r in finished] == [200] * 10
+    for refused in (shed_report, shed_default, shed_payment):
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert int(refused.headers["content-length"]) == len(refused.content)
+        assert refused.json()["type"] == TEMPORARY_REDUCED_CAPACITY
+    assert layer.shed == {"reporting": 1, "default": 1, "critical": 1}
+    assert after.status_code == 200 and layer.in_flight == 0
+
+
+def test_wsgi_slot_is_held_until_the_response_is_closed_and_freed_on_errors():
+    closed: list[str] = []
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            yield from (b"a", b"b")
+
+        def close(self) -> None:
+            closed.append("closed")
+
+    def inner(environ: dict, start_response: Any) -> Any:
+        if environ["PATH_INFO"] == "/boom":
+            raise RuntimeError("handler failed")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Body()
+
+    seen: list[Any] = []
+    layer = wsgi.LoadSheddingMiddleware(
+        inner, max_in_flight=1, reserved=0.0,
+        classify=lambda environ: seen.append(environ["PATH_INFO"]) or "critical")
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        statuses.append(status)
+        return lambda data: None
+
+    environ = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/stream"}
+    with pytest.raises(RuntimeError):
+        layer({**environ, "PATH_INFO": "/boom"}, start_response)
+    assert layer.in_flight == 0
+    streaming = layer(environ, start_response)
+    assert b"".join(streaming) == b"ab" and layer.in_flight == 1  # iterated, not yet closed
+    refused = layer(environ, start_response)
+    assert statuses[-1] == "503 Service Unavailable"
+    assert json.loads(b"".join(refused))["status"] == 503
+    streaming.close()  # type: ignore[attr-defined]
+    streaming.close()  # type: ignore[attr-defined]  # a second close frees nothing more
+    assert closed == ["closed", "closed"] and layer.in_flight == 0
+    assert b"".join(layer(environ, start_response)) == b"ab"
+    assert seen == ["/boom", "/stream", "/stream", "/stream"]
+    assert layer.shed == {"critical": 1}
