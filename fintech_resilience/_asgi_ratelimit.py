@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
-from ._ratelimit_http import RateLimitEdge, Verdict
+from ._ratelimit_http import RateLimitEdge
 
 __all__ = ["RateLimitMiddleware"]
 
@@ -53,12 +53,11 @@ class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
             return
         core = self.core
         verdict = core.encoded_now(scope)
-        if type(verdict) is list:  # admitted in process: the fields come encoded
+        if isinstance(verdict, list):  # admitted in process: the fields come encoded
             extra = verdict
         else:
             if verdict is None:
                 verdict = await core.acheck(scope["method"], scope["path"], scope)
-            assert isinstance(verdict, Verdict)
             if not verdict.allowed:
                 await send({"type": "http.response.start", "status": verdict.status,
                             "headers": _encode(verdict.headers)})
