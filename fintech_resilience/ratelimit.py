@@ -272,19 +272,23 @@ def _check_cost(cost: int) -> None:
         )
 
 
+_ceil = math.ceil
+
+
 def field_parts(limiter: RateLimiter, raw: Sequence[int], i: int) -> tuple[int, int]:
     """``(r, t)`` of the IETF ``RateLimit`` item of ``limiter``'s limit ``i`` from a measured
     reply ``raw`` (see :meth:`Decision.ratelimit_field`)."""
-    remaining = int(raw[2 * i + 2])
-    wait_us: float = raw[2 * i + 3]
+    j = 2 * i
+    remaining = int(raw[j + 2])
+    wait_us: float = raw[j + 3]
     if wait_us > 0 and limiter.algorithm == "gcra":
         # the next unit arrives when tau - (tat - now) reaches (remaining + 1) intervals;
         # 1 microsecond of tolerance absorbs the reply's rounding to whole microseconds
         tail = limiter._tail
-        next_us = wait_us - tail[2 * i + 1] + (remaining + 1) * tail[2 * i]
+        next_us = wait_us - tail[j + 1] + (remaining + 1) * tail[j]
         if next_us - 1 < wait_us:
-            wait_us = next_us - 1 if next_us > 1 else 0.0
-    return remaining, math.ceil(wait_us / 1_000_000)
+            wait_us = next_us - 1 if next_us > 1 else 0
+    return remaining, _ceil(wait_us / 1_000_000)
 
 
 class RateLimiter:
