@@ -33,7 +33,6 @@ import logging
 import secrets
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar, cast
@@ -57,6 +56,7 @@ from ._idempotency_record import (
     parse_complete,
     result_response,
 )
+from ._per_loop import PerLoop
 from .backends.base import ALLOW, Backend, BackendGuard, Fallback, OnBackendError
 from .backends.memory import MemoryBackend, default_backend
 from .backends.redis import RedisBackend
@@ -295,11 +295,7 @@ class IdempotencyStore:
         self._ttl_us = round(self.ttl * 1_000_000)
         self._renewer: _ThreadRenewer | None = None
         self._renewer_lock = threading.Lock()
-        self._loop_renewers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop,
-                                                       _LoopRenewer] = weakref.WeakKeyDictionary()
-        #: the renewer of the loop that asked last, and a weak reference to that loop
-        self._last_loop_renewer: tuple[weakref.ref[asyncio.AbstractEventLoop],
-                                       _LoopRenewer] | None = None
+        self._loop_renewers: PerLoop[_LoopRenewer] = PerLoop()
 
     @property
     def on_backend_error(self) -> OnBackendError:
@@ -534,14 +530,13 @@ class IdempotencyStore:
 
     def _loop_renewer(self) -> _LoopRenewer:
         loop = asyncio.get_running_loop()
-        last = self._last_loop_renewer
-        if last is not None and last[0]() is loop:
-            return last[1]
-        with self._renewer_lock:
-            renewer = self._loop_renewers.get(loop)
-            if renewer is None:
-                renewer = self._loop_renewers[loop] = _LoopRenewer(self)
-        self._last_loop_renewer = (weakref.ref(loop), renewer)
+        renewer = self._loop_renewers.get(loop)
+        if renewer is None:
+            with self._renewer_lock:
+                renewer = self._loop_renewers.get(loop)
+                if renewer is None:
+                    renewer = _LoopRenewer(self)
+                    self._loop_renewers.set(loop, renewer)
         return renewer
 
     # -- telemetry and audit -----------------------------------------------------------------------

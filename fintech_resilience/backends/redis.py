@@ -33,6 +33,7 @@ from typing import Any
 import redis
 import redis.exceptions as rex
 
+from .._per_loop import PerLoop
 from ..errors import BackendUnavailable, ConfigurationError
 from ._redis_clients import ClientFactory, factory_from_client, factory_from_url
 from ._redis_lane import Lane, settings_of
@@ -234,11 +235,7 @@ class RedisBackend(Backend):
         self._pack: Callable[[tuple[Any, ...]], bytes] | None = None
         self._threads = _ThreadConnections()
         self._opened: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = (
-            weakref.WeakKeyDictionary()
-        )
-        #: the batch of the loop that asked last, and a weak reference to that loop
-        self._last_batch: tuple[weakref.ref[asyncio.AbstractEventLoop], _Batch] | None = None
+        self._batches: PerLoop[_Batch] = PerLoop()
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 0.05, connect_timeout: float | None = None,
@@ -270,21 +267,17 @@ class RedisBackend(Backend):
 
     def _batch(self) -> _Batch:
         loop = asyncio.get_running_loop()
-        last = self._last_batch
-        if last is not None and last[0]() is loop:
-            return last[1]
         batch = self._batches.get(loop)
         if batch is None:
             if self._factory.asyncio is None:
                 raise ConfigurationError(
                     "this RedisBackend has no asyncio client; pass async_client=..."
                 )
-            batch = self._batches[loop] = _Batch(
-                self._factory.asyncio(), ready=self.topology != "cluster",
-                max_in_flight=self.max_in_flight,
-                lanes=self.pipeline and self.topology == "standalone")
+            batch = _Batch(self._factory.asyncio(), ready=self.topology != "cluster",
+                           max_in_flight=self.max_in_flight,
+                           lanes=self.pipeline and self.topology == "standalone")
+            self._batches.set(loop, batch)
             batch.keeper = loop.create_task(self._keep(weakref.ref(loop), batch))
-        self._last_batch = (weakref.ref(loop), batch)
         return batch
 
     async def _ready_batch(self) -> _Batch:
@@ -424,8 +417,7 @@ class RedisBackend(Backend):
 
     async def _drop(self, loop: asyncio.AbstractEventLoop, *, close_client: bool) -> None:
         """Forget ``loop``'s batch; close its lane and (if asked) its asyncio client."""
-        batch = self._batches.pop(loop, None)
-        self._last_batch = None
+        batch = self._batches.pop(loop)
         if batch is None:
             return
         if batch.lane is not None:
