@@ -13,7 +13,7 @@ from collections.abc import Awaitable
 from ._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ._ratelimit_http import RateLimitEdge
 
-__all__ = ["RateLimitMiddleware"]
+__all__ = ["RateLimitMiddleware", "encode_fields"]
 
 
 class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
@@ -60,13 +60,13 @@ class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
                 verdict = await core.acheck(scope["method"], scope["path"], scope)
             if not verdict.allowed:
                 await send({"type": "http.response.start", "status": verdict.status,
-                            "headers": _encode(verdict.headers)})
+                            "headers": encode_fields(verdict.headers)})
                 await send({"type": "http.response.body", "body": verdict.body})
                 return
             if not verdict.headers:
                 await self.app(scope, receive, send)
                 return
-            extra = _encode(verdict.headers)
+            extra = encode_fields(verdict.headers)
 
         def send_with_fields(message: Message) -> Awaitable[None]:
             # a plain function returning send's awaitable: no coroutine of its own per message
@@ -77,7 +77,8 @@ class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
         await self.app(scope, receive, send_with_fields)
 
 
-def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+def encode_fields(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """Response fields as ASGI sends them: lower-case latin-1 names, latin-1 values."""
     names = _NAMES
     out = []
     for name, value in headers:

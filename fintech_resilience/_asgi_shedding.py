@@ -6,6 +6,7 @@ counter are shared with the WSGI twin (``_shedding``).
 
 from __future__ import annotations
 
+from ._asgi_ratelimit import encode_fields
 from ._asgi_types import ASGIApp, Receive, Scope, Send
 from ._shedding import LoadShedder
 
@@ -45,8 +46,8 @@ class LoadSheddingMiddleware(LoadShedder[ASGIApp]):
             return
         if not self.enter(self.class_of(scope)):
             status, headers, body = self.problem  # the rare path: encoded when needed
-            await send({"type": "http.response.start", "status": status, "headers": [
-                (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]})
+            await send({"type": "http.response.start", "status": status,
+                        "headers": encode_fields(headers)})
             await send({"type": "http.response.body", "body": body})
             return
         try:

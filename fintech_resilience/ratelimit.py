@@ -220,14 +220,8 @@ class Decision:
         """
         if not self._raw:
             return None
-        limiter = self._limiter
-        if len(limiter.rates) == 1:
-            i, label = 0, limiter.name
-        else:
-            i = self._index()
-            label = f"{limiter.name}-{i}"
-        remaining, window = field_parts(limiter, self._raw, i)
-        return f'"{label}";r={remaining};t={window}'
+        remaining, window = field_parts(self._limiter, self._raw, self._index())
+        return f'"{self.policy_label}";r={remaining};t={window}'
 
     def headers(self, *, retry_after: bool = True) -> dict[str, str]:
         """The IETF ``RateLimit``/``RateLimit-Policy`` fields (and ``Retry-After`` if refused).
@@ -410,8 +404,7 @@ class RateLimiter:
 
     def acquire(self, key: KeyArg, cost: int = 1) -> Decision:
         """Decide for ``key`` and, if admitted, consume ``cost`` from every limit."""
-        local = self._local
-        if local is None:
+        if self._local is None:
             keys, args = self._request(key, cost)
             return self._decide(self._run(self._script, keys, args), cost)
         raw = self._local_reply(key, cost)

@@ -414,7 +414,7 @@ def test_fields_match_decision_headers_exactly(clock):
 def test_encoded_fields_match_the_general_path(clock):
     """The ASGI shortcut (one in-process limiter, fields encoded without a Verdict) answers
     byte for byte what the general path answers, refusals included."""
-    from fintech_resilience._asgi_ratelimit import _encode
+    from fintech_resilience._asgi_ratelimit import encode_fields
 
     for spec, kw in (("3/minute", {}), ("5/second", {"burst": 2}), ("2/second", {"shadow": True})):
         fast = RateLimitMiddleware(_ok_app, limiter=limiter(spec, clock=clock, **kw)).core
@@ -426,7 +426,7 @@ def test_encoded_fields_match_the_general_path(clock):
             got = fast.encoded_now(scope)
             want = general.check("GET", "/", scope)
             if want.allowed and not want.decisions[-1].shadowed:
-                assert got == _encode(want.headers), (spec, step)
+                assert got == encode_fields(want.headers), (spec, step)
             else:
                 assert not isinstance(got, list)
                 assert (got.allowed, got.status, got.headers, got.body) == (

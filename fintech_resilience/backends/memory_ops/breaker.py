@@ -310,7 +310,7 @@ def closed_success_bound(backend: MemoryBackend, key: str, size: int, ttl_ms: in
     store = backend.store
     data = store.data
     lock = backend.lock
-    clock = now_us if now_us is not None else None if backend.clock is None else backend.now_us
+    clock = backend.clock_for(now_us)
     time_ns = time.time_ns
     ttl_us = max(ttl_ms * 1000, 1)
 

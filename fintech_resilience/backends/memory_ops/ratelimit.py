@@ -109,7 +109,7 @@ def gcra_one_bound(backend: MemoryBackend, interval: float, tau: float,
     """
     store = backend.store
     acquire, release = backend.lock.acquire, backend.lock.release
-    clock = now_us if now_us is not None else None if backend.clock is None else backend.now_us
+    clock = backend.clock_for(now_us)
     time_ns = time.time_ns
 
     def decide(key: str, cost: int) -> list[int]:
