@@ -53,7 +53,7 @@ def digest(value: str | bytes | int) -> str:
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=8192, typed=True)  # typed: True must not hit the entry of 1
 def user_key(namespace: str, kind: str, name: str, value: str | bytes | int) -> str:
     """The storage key for one user-supplied key under a pattern instance (cached)."""
     return f"{user_prefix(namespace, kind, name)}{digest(value)}}}"

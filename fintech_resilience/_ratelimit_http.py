@@ -239,12 +239,13 @@ class RateLimitCore:
         key = self.key(scope)
         if key is None:
             return _PASS
-        limiter, cost = rule.limiter, rule.cost
-        raw = limiter._local_reply(key, cost)  # type: ignore[arg-type]
-        if raw[0]:  # admitted (what RateLimiter.acquire would answer, minus the Decision)
+        limiter = rule.limiter
+        decision = limiter.acquire(key, rule.cost)  # type: ignore[arg-type]
+        raw = decision._raw
+        if raw[0]:  # admitted by the limit itself (not a limiter-level shadow)
             item = rule._item_bytes % field_parts(limiter, raw, 0)
             return [rule._policy_bytes, (b"ratelimit", item)]
-        return self.verdict([(rule, limiter._decide(raw, cost))])  # type: ignore[arg-type]
+        return self.verdict([(rule, decision)])
 
     def _quick(self, rule: Rule, decision: Decision) -> Verdict:
         """The verdict of one admitted decision on the hot path (else the general one)."""

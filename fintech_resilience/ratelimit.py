@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, ParamSpec, TypeVar, cast
 
 import limits as _limits
+from opentelemetry import trace as _trace
+from opentelemetry.metrics import _internal as _metrics
 
 from . import _keys, telemetry
 from . import audit as _audit
@@ -45,6 +47,8 @@ ALGORITHMS: Final = ("gcra", "sliding_window", "fixed_window")
 #: Largest cost or limit accepted: sums stay exact in the doubles Lua computes with.
 MAX_AMOUNT: Final = 2**48
 _KEY_CACHE_SIZE: Final = 4096
+#: ``cost is _ONE``: the default cost (CPython's one small-int 1), valid without more checks
+_ONE: Final = 1
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -285,6 +289,17 @@ def field_parts(limiter: RateLimiter, raw: Sequence[int], i: int) -> tuple[int, 
     return remaining, _ceil(wait_us / 1_000_000)
 
 
+class _Admitted(Decision):
+    """A measured admission built field by field on the memory hot path (no ``__init__``
+    frame); in every other respect a :class:`Decision`."""
+
+    __slots__ = ()
+    __init__ = object.__init__
+    allowed = True
+    shadowed = False
+    fallback = None
+
+
 class RateLimiter:
     """Admits or refuses calls per key under one or more rate limits.
 
@@ -330,6 +345,8 @@ class RateLimiter:
         # a MemoryBackend cannot fail: skip the guard on the hot path
         self._run = (self.backend.run if isinstance(self.backend, MemoryBackend)
                      else self._guard.run)
+        # str and bytes keys only: a hit then needs no type check (True == 1, but no bool
+        # equals a str or bytes); int keys go through user_key's typed cache
         self._key_cache: dict[KeyArg, list[str]] = {}
         self._script = f"ratelimit_{algorithm}"
         self._kind = f"rl.{algorithm}"
@@ -365,12 +382,13 @@ class RateLimiter:
         if type(cost) is not int or not 1 <= cost <= MAX_AMOUNT:
             _check_cost(cost)
         keys = self._key_cache.get(key)
-        if keys is None or type(key) is bool:
+        if keys is None:
             base = _keys.user_key(self.namespace, self._kind, self.name, key)
             keys = [base + s for s in self._suffixes]
-            if len(self._key_cache) >= _KEY_CACHE_SIZE:
-                self._key_cache.clear()
-            self._key_cache[key] = keys
+            if type(key) is str or type(key) is bytes:  # never equal to a bool: see _key_cache
+                if len(self._key_cache) >= _KEY_CACHE_SIZE:
+                    self._key_cache.clear()
+                self._key_cache[key] = keys
         now = 0 if self.clock is None else round(self.clock.time() * 1_000_000)
         return keys, (now, cost, *self._args_tail)
 
@@ -404,25 +422,24 @@ class RateLimiter:
 
     def acquire(self, key: KeyArg, cost: int = 1) -> Decision:
         """Decide for ``key`` and, if admitted, consume ``cost`` from every limit."""
-        if self._local is None:
+        local = self._local
+        if local is None:
             keys, args = self._request(key, cost)
             return self._decide(self._run(self._script, keys, args), cost)
-        raw = self._local_reply(key, cost)
+        cached = self._key_cache.get(key)
+        if cached is None or (cost is not _ONE and (
+                type(cost) is not int or not 1 <= cost <= MAX_AMOUNT)):
+            cached = self._request(key, cost)[0]
+        raw = local(cached[0], cost)
         if raw[0]:  # admitted: nothing to audit, no fallback to name
-            decision = Decision(True, raw, self)
-            if telemetry.active():
+            decision: Decision = _Admitted()
+            decision._raw = raw
+            decision._limiter = self
+            # telemetry.active(), inline: a call would cost this path ~4 %
+            if _trace._TRACER_PROVIDER is not None or _metrics._METER_PROVIDER is not None:
                 self._emit(decision, cost)
             return decision
         return self._decide(raw, cost)
-
-    def _local_reply(self, key: KeyArg, cost: int) -> list[int]:
-        """The memory default with one GCRA limit (its hottest path): the twin's reply, with
-        no dispatch and no argument packing. Only when ``self._local`` is set."""
-        cached = self._key_cache.get(key)
-        if cached is None or type(key) is bool or type(cost) is not int or not (
-                1 <= cost <= MAX_AMOUNT):
-            cached = self._request(key, cost)[0]
-        return self._local(cached[0], cost)  # type: ignore[misc]
 
     async def aacquire(self, key: KeyArg, cost: int = 1) -> Decision:
         """Async twin of :meth:`acquire`."""

@@ -117,3 +117,14 @@ def test_huge_cost_in_minor_units_for_velocity_limits(backend, clock):
     refused = velocity.acquire("card", cost=2)
     assert not refused.allowed and refused.remaining == 1
     assert velocity.acquire("card", cost=1).remaining == 0
+
+
+def test_a_bool_key_is_refused_even_after_the_int_it_equals(backend):
+    """True == 1 and hashes alike: no cache may hand True the counter of 1."""
+    rl = RateLimiter("10/second", backend=backend, name="boolkeys")
+    assert rl.acquire(1).allowed
+    assert rl.acquire(1).allowed
+    with pytest.raises(ConfigurationError, match="str, bytes or int"):
+        rl.acquire(True)
+    with pytest.raises(ConfigurationError, match="str, bytes or int"):
+        rl.acquire(False)

@@ -8,6 +8,8 @@ import pytest
 
 from fintech_resilience import RateLimited, RateLimiter
 from fintech_resilience.backends.base import Backend
+from fintech_resilience.backends.memory import MemoryBackend
+from fintech_resilience.ratelimit import Decision
 from fintech_resilience.testing import ManualClock
 
 
@@ -240,3 +242,32 @@ def test_headers_omit_ratelimit_when_on_backend_error_decided(clock):
             assert d.policy_label == "api-0" and d.remaining == (5 if allowed else 0)
     finally:
         dead.close()
+
+
+def test_an_expired_state_reads_as_a_fresh_key_on_the_memory_fast_path(clock):
+    """The bound memory GCRA leaves an expired entry in place (it is behind now) and
+    overwrites it; the decisions are those of a key never seen."""
+    backend = MemoryBackend()
+    rl = limiter("2/second", backend, clock)
+    for _ in range(2):
+        assert rl.acquire("old").allowed
+    assert not rl.acquire("old").allowed
+    clock.advance(5)  # long past the key's expiry; nothing has swept it
+    assert len(backend.store) == 1
+    old = [rl.acquire("old") for _ in range(3)]
+    fresh = [rl.acquire("fresh") for _ in range(3)]
+    assert [d._raw for d in old] == [d._raw for d in fresh]
+    assert [d.allowed for d in old] == [True, True, False]
+    key = rl._request("old", 1)[0][0]
+    assert backend.store.ttl_us(key, round(clock.time() * 1_000_000)) > 0
+
+
+def test_an_admitted_memory_decision_is_a_plain_decision(clock):
+    rl = limiter("5/second", MemoryBackend(), clock)
+    decision = rl.acquire("k")
+    assert isinstance(decision, Decision)
+    assert (decision.allowed, decision.shadowed, decision.fallback) == (True, False, None)
+    assert decision == Decision(True, decision._raw, rl)
+    assert (decision.remaining, decision.limit, decision.retry_after) == (4, 5, 0.0)
+    with pytest.raises(AttributeError):
+        decision.allowed = False  # type: ignore[misc]

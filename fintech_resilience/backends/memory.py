@@ -143,8 +143,8 @@ class MemoryBackend(Backend):
 
     def clock_for(self, now_us: Callable[[], int] | None) -> Callable[[], int] | None:
         """The clock an operation bound to this backend reads: ``now_us`` (a caller's clock),
-        else the backend's, else None - real time, which the operation reads inline as
-        ``time.time_ns() // 1000`` (a call less on its hot path)."""
+        else the backend's, else None - real time, which the operation reads inline (a call
+        less on its hot path)."""
         if now_us is not None:
             return now_us
         return None if self.clock is None else self.now_us

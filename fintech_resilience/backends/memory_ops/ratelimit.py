@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import time
+import time as _time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +20,8 @@ def _ceil_ms_us(us: float) -> int:
 
 @memory_op("ratelimit_gcra")
 def gcra(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: int) -> list[int]:
-    # the hottest path of the library: kept flat (no helper calls) on purpose
     now = float(now_us)
     cost = float(args[1])
-    if len(keys) == 1:
-        return _gcra_one(store, keys[0], float(args[2]), float(args[3]), cost, now, now_us)
     entries = [store.entry(key, now_us) for key in keys]
     tats: list[float] = []
     allowed = 1
@@ -66,59 +63,56 @@ def gcra(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: i
     return out
 
 
-def _gcra_one(store: MemoryStore, key: str, interval: float, tau: float, cost: float,
-              now: float, now_us: int) -> list[int]:
-    """:func:`gcra` for a single limit, without the loops (same arithmetic, same reply).
-
-    ``int()`` stands for ``math.floor`` where the value cannot be negative (or is clamped to 0).
-    A state whose TAT is in the past means the same as no state, so the key is kept until one
-    second after its TAT (whole milliseconds are for Redis).
-    """
-    entry = store.data.get(key)
-    if entry is not None and entry[1] <= now_us:
-        entry = None  # expired: store.set() below reuses the slot
-    tat = entry[0] if entry is not None else 0.0
-    if tat < now:
-        tat = now
-    increment = interval * cost
-    if increment > tau:
-        allowed, retry = 0, -1
-    else:
-        wait = (tat - now) + increment - tau
-        if wait >= 1:
-            allowed, retry = 0, int(wait + 0.5)
-        else:
-            allowed, retry = 1, 0
-            tat = tat + increment
-            if entry is None:
-                store.set(key, tat, int(tat - now) + 1_000_001, now_us)
-            else:
-                entry[0] = tat
-                entry[1] = int(tat) + 1_000_001
-    remaining = int((tau - (tat - now)) / interval + 1e-6)
-    return [allowed, retry, remaining if remaining > 0 else 0, int(tat - now + 0.5)]
-
-
 def gcra_one_bound(backend: MemoryBackend, interval: float, tau: float,
                    now_us: Callable[[], int] | None) -> Callable[[str, int], list[int]]:
     """``ratelimit_gcra`` for one limit on ``backend``, bound to its store and lock.
 
-    The same twin as ``backend.run("ratelimit_gcra", [key], (0, cost, interval, tau))``, minus
-    the script dispatch and argument packing: the memory default's hottest path. ``now_us``
-    overrides the backend's clock (a limiter's ManualClock).
+    The same reply as ``backend.run("ratelimit_gcra", [key], (0, cost, interval, tau))``, minus
+    the script dispatch, the argument packing and the loops: the memory default's hottest path,
+    kept flat (no helper calls) on purpose. ``now_us`` overrides the backend's clock (a
+    limiter's ManualClock).
+
+    Two liberties, invisible in replies: a key is kept until one second after its TAT (whole
+    milliseconds are for Redis), and an expired entry is not deleted first - its TAT is behind
+    ``now`` (every expiry is after its TAT), which reads exactly as no state, and an admitted
+    decision overwrites it in place. ``math.floor`` stands for Lua's, also where ``int()``
+    would do (it is the cheaper call).
     """
     store = backend.store
+    data_get = store.data.get
     acquire, release = backend.lock.acquire, backend.lock.release
     clock = backend.clock_for(now_us)
-    time_ns = time.time_ns
+    time = _time.time
+    floor = math.floor
 
     def decide(key: str, cost: int) -> list[int]:
-        now = time_ns() // 1000 if clock is None else clock()
+        now = time() * 1_000_000.0 if clock is None else float(clock())
+        increment = interval * cost
         acquire()
         try:
-            return _gcra_one(store, key, interval, tau, cost, float(now), now)
+            entry = data_get(key)
+            tat = entry[0] if entry is not None else now
+            if tat < now:
+                tat = now
+            if increment > tau:
+                allowed, retry = 0, -1
+            else:
+                wait = (tat - now) + increment - tau
+                if wait >= 1.0:
+                    allowed, retry = 0, floor(wait + 0.5)
+                else:
+                    allowed, retry = 1, 0
+                    tat = tat + increment
+                    if entry is None:
+                        now_us = floor(now)
+                        store.set(key, tat, floor(tat) - now_us + 1_000_001, now_us)
+                    else:
+                        entry[0] = tat
+                        entry[1] = floor(tat) + 1_000_001
         finally:
             release()
+        remaining = floor((tau - (tat - now)) / interval + 1e-6)
+        return [allowed, retry, remaining if remaining > 0 else 0, floor(tat - now + 0.5)]
 
     return decide
 
