@@ -55,8 +55,9 @@ TASKS = 50
 
 
 def without_telemetry_check() -> type[RateLimiter]:
-    """A RateLimiter whose ``acquire`` is its own source minus the telemetry check: the
-    reference of case c, so the difference is exactly what the check costs."""
+    """A RateLimiter whose ``acquire`` is its own source minus the telemetry check of an
+    admitted memory decision: the reference of case c, so the difference is exactly what the
+    check costs."""
     lines = textwrap.dedent(inspect.getsource(RateLimiter.acquire)).splitlines()
     at = next(i for i, line in enumerate(lines) if "_TRACER_PROVIDER" in line)
     if "self._emit(" not in lines[at + 1] or "return decision" not in lines[at + 2]:

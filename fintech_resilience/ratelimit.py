@@ -393,7 +393,12 @@ class RateLimiter:
         return keys, (now, cost, *self._args_tail)
 
     def _decide(self, result: Any, cost: int) -> Decision:
-        if isinstance(result, Fallback):
+        decision: Decision
+        if type(result) is list and result[0]:  # admitted by the backend: the common case
+            decision = _Admitted()
+            decision._raw = result
+            decision._limiter = self
+        elif isinstance(result, Fallback):
             decision = Decision(result is ALLOW, (), self, fallback=self._guard.policy)
         else:
             local = "local" if type(result) is LocalReply else None
@@ -405,7 +410,8 @@ class RateLimiter:
                 decision = Decision(False, result, self, fallback=local)
                 if self.audit is not None or _audit._DEFAULT[0] is not None:
                     _audit_limit_hit(self, decision)
-        if telemetry.active():
+        # telemetry.active(), inline: as a call it would cost a memory decision ~4 %
+        if _trace._TRACER_PROVIDER is not None or _metrics._METER_PROVIDER is not None:
             self._emit(decision, cost)
         return decision
 
@@ -431,15 +437,15 @@ class RateLimiter:
                 type(cost) is not int or not 1 <= cost <= MAX_AMOUNT)):
             cached = self._request(key, cost)[0]
         raw = local(cached[0], cost)
-        if raw[0]:  # admitted: nothing to audit, no fallback to name
-            decision: Decision = _Admitted()
-            decision._raw = raw
-            decision._limiter = self
-            # telemetry.active(), inline: a call would cost this path ~4 %
-            if _trace._TRACER_PROVIDER is not None or _metrics._METER_PROVIDER is not None:
-                self._emit(decision, cost)
-            return decision
-        return self._decide(raw, cost)
+        if not raw[0]:
+            return self._decide(raw, cost)
+        # admitted: _decide's first case, inline (a frame is ~6 % of this path)
+        decision: Decision = _Admitted()
+        decision._raw = raw
+        decision._limiter = self
+        if _trace._TRACER_PROVIDER is not None or _metrics._METER_PROVIDER is not None:
+            self._emit(decision, cost)
+        return decision
 
     async def aacquire(self, key: KeyArg, cost: int = 1) -> Decision:
         """Async twin of :meth:`acquire`."""
