@@ -16,18 +16,18 @@ from ._http import (
     PROBLEM_BASE,
     SAFE_REPLAY_HEADERS,
     HttpAnswer,
-    asgi_header_values,
     claim_answer,
     key_invalid_problem,
     parse_idempotency_key,
-    safe_headers,
+    replay_header_names,
+    safe_asgi_headers,
     scope_missing_problem,
     too_large_problem,
     unavailable_problem,
 )
 from ._idempotency_record import StoredResponse, default_store_status
 from .errors import BackendUnavailable, ConfigurationError, IdempotencyKeyInvalid
-from .idempotency import Claim, IdempotencyStore
+from .idempotency import Claim, ClaimOutcome, IdempotencyStore
 
 __all__ = ["IdempotencyEdge", "IdempotencyMiddleware"]
 
@@ -95,6 +95,8 @@ class IdempotencyEdge(Generic[AppT, RequestT]):
         self.max_response_bytes = max_response_bytes
         self.store_status = store_status
         self.replay_headers = frozenset(h.lower() for h in replay_headers)
+        #: the same, as an ASGI edge compares them (the never-replayed ones already left out)
+        self.replay_header_names = replay_header_names(self.replay_headers)
         self.base = problem_base
 
 
@@ -123,8 +125,17 @@ class IdempotencyMiddleware(IdempotencyEdge[ASGIApp, Scope]):
         if scope["type"] != "http" or scope["method"] not in self.methods:
             await self.app(scope, receive, send)
             return
+        name = self.header
+        values: list[bytes] = []
+        declared = b""  # Content-Length, read in the same pass
+        for n, v in scope["headers"]:
+            n = n.lower()
+            if n == name:
+                values.append(v)
+            elif n == b"content-length" and not declared:
+                declared = v
         try:
-            key = parse_idempotency_key(asgi_header_values(scope["headers"], self.header))
+            key = parse_idempotency_key(values)
         except IdempotencyKeyInvalid as exc:
             await send_answer(send, key_invalid_problem(exc, missing=False, base=self.base))
             return
@@ -141,7 +152,7 @@ class IdempotencyMiddleware(IdempotencyEdge[ASGIApp, Scope]):
                          " it inside the authentication middleware")
             await send_answer(send, scope_missing_problem(base=self.base))
             return
-        body = await self._read_body(scope, receive, send)
+        body = await self._read_body(declared, receive, send)
         if body is None:
             return
         method, path = scope["method"], scope.get("root_path", "") + scope["path"]
@@ -159,18 +170,19 @@ class IdempotencyMiddleware(IdempotencyEdge[ASGIApp, Scope]):
             await send_answer(send, unavailable_problem(store.unavailable_retry_after,
                                                         base=self.base))
             return
-        answer = claim_answer(claim.outcome, retry_after=claim.retry_after,
-                              stored=claim.response, base=self.base)
-        if answer is not None:
+        if claim.outcome is not ClaimOutcome.EXECUTE:
+            answer = claim_answer(claim.outcome, retry_after=claim.retry_after,
+                                  stored=claim.response, base=self.base)
+            assert answer is not None  # only EXECUTE has no answer
             await send_answer(send, answer)
             return
         await self._execute(scope, receive, send, claim, body)
 
-    async def _read_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
-        """The whole request body, or None after answering 413 (or on disconnect)."""
+    async def _read_body(self, declared: bytes, receive: Receive, send: Send) -> bytes | None:
+        """The whole request body, or None after answering 413 (or on disconnect).
+        ``declared`` is the request's Content-Length (empty if it has none)."""
         limit = self.max_body_bytes
-        declared = asgi_header_values(scope["headers"], b"content-length")
-        if declared and declared[0].isdigit() and int(declared[0]) > limit:
+        if declared.isdigit() and int(declared) > limit:
             await send_answer(send, too_large_problem(limit, base=self.base))
             return None
         chunks: list[bytes] = []
@@ -256,7 +268,6 @@ class IdempotencyMiddleware(IdempotencyEdge[ASGIApp, Scope]):
         if not self.store_status(status):
             await self.store.arelease(claim)
             return
-        headers = safe_headers(((n.decode("latin-1"), v.decode("latin-1"))
-                                for n, v in start.get("headers", ())), self.replay_headers)
+        headers = safe_asgi_headers(start.get("headers", ()), self.replay_header_names)
         await self.store.acomplete(claim, StoredResponse(
             "http", status, headers, body if replayable else b"", replayable))

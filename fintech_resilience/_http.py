@@ -21,12 +21,13 @@ __all__ = [
     "SAFE_REPLAY_HEADERS",
     "HttpAnswer",
     "RedactorLike",
-    "asgi_header_values",
     "claim_answer",
     "key_invalid_problem",
     "parse_idempotency_key",
     "problem",
     "replay_answer",
+    "replay_header_names",
+    "safe_asgi_headers",
     "safe_headers",
     "scope_missing_problem",
     "too_large_problem",
@@ -92,11 +93,6 @@ def problem(status: int, kind: str, title: str, detail: str, *, base: str = PROB
     return HttpAnswer(status, tuple(out), body)
 
 
-def asgi_header_values(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
-    """Every value of header ``name`` (lower-case bytes) in an ASGI header list."""
-    return [v for n, v in headers if n.lower() == name]
-
-
 def parse_idempotency_key(values: Sequence[bytes | str]) -> str | None:
     """The idempotency key from the header's values: None if absent; raise
     :class:`~fintech_resilience.IdempotencyKeyInvalid` if repeated, empty, longer than 255
@@ -130,6 +126,20 @@ def safe_headers(headers: Iterable[tuple[str, str]], allowed: frozenset[str]
     """The headers a replay may carry: in ``allowed`` and never in NEVER_REPLAYED_HEADERS."""
     return tuple((n, v) for n, v in headers
                  if (low := n.lower()) in allowed and low not in NEVER_REPLAYED_HEADERS)
+
+
+def replay_header_names(allowed: frozenset[str]) -> frozenset[bytes]:
+    """``allowed`` as lower-case ASGI header names, minus NEVER_REPLAYED_HEADERS."""
+    return frozenset(n.lower().encode("latin-1") for n in allowed
+                     if n.lower() not in NEVER_REPLAYED_HEADERS)
+
+
+def safe_asgi_headers(headers: Iterable[tuple[bytes, bytes]], names: frozenset[bytes]
+                      ) -> tuple[tuple[str, str], ...]:
+    """:func:`safe_headers` of an ASGI header list, ``names`` from :func:`replay_header_names`
+    (only the kept headers are decoded)."""
+    return tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in headers
+                 if n.lower() in names)
 
 
 def replay_answer(stored: StoredResponse) -> HttpAnswer:

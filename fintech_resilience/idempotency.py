@@ -188,12 +188,13 @@ class _HmacSha256:
 
     def parts(self, *parts: bytes | str) -> bytes:
         """The MAC of length-prefixed parts (no ambiguity between part borders)."""
-        chunks: list[bytes] = []
-        for part in parts:
-            data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
-            chunks += (len(data).to_bytes(8, "big"), data)
         inner = self._inner.copy()
-        inner.update(b"".join(chunks))
+        update = inner.update
+        for part in parts:
+            if isinstance(part, str):
+                part = part.encode("utf-8", "surrogatepass")
+            update(len(part).to_bytes(8, "big"))
+            update(part)
         outer = self._outer.copy()
         outer.update(inner.digest())
         return outer.digest()
