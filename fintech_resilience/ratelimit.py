@@ -290,8 +290,9 @@ def field_parts(limiter: RateLimiter, raw: Sequence[int], i: int) -> tuple[int, 
 
 
 class _Admitted(Decision):
-    """A measured admission built field by field on the memory hot path (no ``__init__``
-    frame); in every other respect a :class:`Decision`."""
+    """An admission the backend measured, built without an ``__init__`` frame (the hot paths
+    set ``_raw`` and ``_limiter``; the flags are class attributes); in every other respect a
+    :class:`Decision`."""
 
     __slots__ = ()
     __init__ = object.__init__

@@ -72,11 +72,12 @@ def gcra_one_bound(backend: MemoryBackend, interval: float, tau: float,
     kept flat (no helper calls) on purpose. ``now_us`` overrides the backend's clock (a
     limiter's ManualClock).
 
-    Two liberties, invisible in replies: a key is kept until one second after its TAT (whole
-    milliseconds are for Redis), and an expired entry is not deleted first - its TAT is behind
+    Liberties invisible in replies: a key is kept until one second after its TAT (whole
+    milliseconds are for Redis); an expired entry is not deleted first - its TAT is behind
     ``now`` (every expiry is after its TAT), which reads exactly as no state, and an admitted
-    decision overwrites it in place. ``math.floor`` stands for Lua's, also where ``int()``
-    would do (it is the cheaper call).
+    decision overwrites it in place; real time is ``time.time()`` in microseconds with its
+    fraction (a caller's clock gives whole microseconds, as Redis ``TIME`` does).
+    ``math.floor`` stands for Lua's, also where ``int()`` would do (it is the cheaper call).
     """
     store = backend.store
     data_get = store.data.get
