@@ -101,9 +101,9 @@ def _idempotency(out: str) -> list[Ratio]:
 def _ratelimit(out: str) -> list[Ratio]:
     start = out.find("{")
     data = json.loads(out[start:])
-    peers = {"a": "bare redis-py EVALSHA", "b": "limits (memory)", "c": "check removed",
-             "d": "redis.asyncio, one EVALSHA each", "e": "a no-op span"}
-    return [Ratio("ratelimit", row["case"], peers.get(row["case"][:1], "reference"),
+    peers = {"a.": "bare redis-py EVALSHA", "b.": "limits (memory)", "c.": "check removed",
+             "c'": "no SDK", "d.": "redis.asyncio, one EVALSHA each", "e.": "a no-op span"}
+    return [Ratio("ratelimit", row["case"], peers.get(row["case"][:2], "reference"),
                   float(row["ratio"]), float(row["ours_us"]), float(row["reference_us"]))
             for row in data["rows"]]
 
