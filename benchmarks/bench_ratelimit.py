@@ -142,7 +142,7 @@ async def async_case(url: str, rounds: int) -> Case:
     backend = RedisBackend.from_url(url, timeout=1.0)
     ours = RateLimiter(LIMIT, backend=backend, name="bench-async")
     client = redis.asyncio.Redis.from_url(url)
-    sha, source = script("ratelimit_gcra")
+    sha, source = script(ours._script)  # the very script our decisions run
     await client.script_load(source)
     tail = ours._args_tail  # the arguments exactly as our decisions send them
     counter = iter(range(10**9))

@@ -18,6 +18,7 @@ def _ceil_ms_us(us: float) -> int:
     return math.ceil(us / 1000) * 1000
 
 
+@memory_op("ratelimit_gcra1")  # the one-limit script: the same operation
 @memory_op("ratelimit_gcra")
 def gcra(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: int) -> list[int]:
     now = float(now_us)
