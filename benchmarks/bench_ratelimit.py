@@ -3,7 +3,8 @@
     python benchmarks/bench_ratelimit.py [--rounds 7] [--json]
 
 Cases (medians of the per-round means; every round runs ours and the reference back to back;
-the sub-microsecond cases b and c alternate them 40 times per round, 1,000 calls each):
+the sub-microsecond cases b and c alternate them 40 times per round, 1,000 calls each, in
+ABBA order):
 
 a. Redis, sync: ``RateLimiter.acquire`` vs bare redis-py ``evalsha`` of a two-command script
    (``GET`` + ``SET PX``), the floor of one round trip.                         goal <= 1.10 x
@@ -79,11 +80,20 @@ def per_call_us(fn: Callable[[], Any], n: int) -> float:
 
 def paired(case: Case, ours: Callable[[], Any], ref: Callable[[], Any], pairs: int = 40,
            n: int = 1_000) -> None:
-    """One round of a sub-microsecond case: ``pairs`` alternations of ``n`` calls each, so a
-    drift of the machine (or the state the previous case left it in) hits both alike."""
-    times = [(per_call_us(ours, n), per_call_us(ref, n)) for _ in range(pairs)]
-    case.ours.append(statistics.median(t[0] for t in times))
-    case.ref.append(statistics.median(t[1] for t in times))
+    """One round of a sub-microsecond case: ``pairs`` alternations of ``n`` calls each, in
+    ABBA order (every other pair runs the reference first), so a drift of the machine, the
+    state the previous case left it in, or the position within a pair hits both alike."""
+    ours_us: list[float] = []
+    ref_us: list[float] = []
+    for i in range(pairs):
+        if i % 2:
+            ref_us.append(per_call_us(ref, n))
+            ours_us.append(per_call_us(ours, n))
+        else:
+            ours_us.append(per_call_us(ours, n))
+            ref_us.append(per_call_us(ref, n))
+    case.ours.append(statistics.median(ours_us))
+    case.ref.append(statistics.median(ref_us))
 
 
 async def per_batch_us(fn: Callable[[], Awaitable[Any]], batches: int) -> float:
