@@ -178,3 +178,29 @@ async def test_queued_commands_go_out_in_groups_and_late_groups_time_out(redis_u
         admin.close()
         lane.close()
         await backend.aclose()
+
+
+async def test_a_lane_keeps_the_clients_tcp_keepalive(redis_url: str) -> None:
+    """The lane stands in for the asyncio client: its socket gets the client's keepalive
+    settings (off by default, as in redis-py)."""
+    import socket
+
+    options = {socket.TCP_KEEPIDLE: 45, socket.TCP_KEEPINTVL: 7}
+    configured = redis.asyncio.Redis.from_url(redis_url, socket_timeout=1.0,
+                                              socket_keepalive=True,
+                                              socket_keepalive_options=options)
+    for client, keepalive in ((configured, 1),
+                              (redis.asyncio.Redis.from_url(redis_url, socket_timeout=1.0), 0)):
+        settings = settings_of(client)
+        assert settings is not None
+        lane = await Lane.open(settings)
+        try:
+            sock = lane._transport.get_extra_info("socket")  # type: ignore[union-attr]
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == keepalive
+            if keepalive:
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 45
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 7
+            assert await lane.call(("PING",)) == b"PONG"
+        finally:
+            lane.close()
+        await client.aclose()

@@ -9,8 +9,9 @@ dozen writes and about one round trip's wait, while each stays its own atomic sc
 
 It replaces redis-py's asyncio client on the decision path only where it speaks exactly as that
 client would: a standalone server over TCP or a Unix socket, RESP2, UTF-8, optional
-``AUTH``/``SELECT``/``CLIENT SETNAME``. TLS, Sentinel, Cluster and credential providers keep
-redis-py (:func:`settings_of` returns None for them).
+``AUTH``/``SELECT``/``CLIENT SETNAME``, TCP keepalive as the client configures it. TLS,
+Sentinel, Cluster and credential providers keep redis-py (:func:`settings_of` returns None for
+them).
 
 Failure rules: a reply later than ``timeout`` closes the connection and fails every waiting
 command (their streams can no longer be trusted); a lost connection fails them too; a caller
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +52,9 @@ class LaneSettings:
     client_name: str | None
     timeout: float
     connect_timeout: float
+    #: the client's ``socket_keepalive`` and ``socket_keepalive_options`` (TCP only, as redis-py)
+    keepalive: bool = False
+    keepalive_options: tuple[tuple[int, int], ...] = ()
 
 
 def settings_of(client: Any) -> LaneSettings | None:
@@ -78,7 +83,9 @@ def settings_of(client: Any) -> LaneSettings | None:
         host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)), path=kw.get("path"),
         db=int(kw.get("db", 0) or 0), username=kw.get("username"), password=kw.get("password"),
         client_name=kw.get("client_name"), timeout=float(timeout),
-        connect_timeout=float(kw.get("socket_connect_timeout") or timeout))
+        connect_timeout=float(kw.get("socket_connect_timeout") or timeout),
+        keepalive=bool(kw.get("socket_keepalive")),
+        keepalive_options=tuple((kw.get("socket_keepalive_options") or {}).items()))
 
 
 class Lane(asyncio.Protocol):
@@ -115,6 +122,11 @@ class Lane(asyncio.Protocol):
             else:
                 await loop.create_connection(lambda: lane, settings.host, settings.port)
         try:
+            sock = lane._transport.get_extra_info("socket") if lane._transport else None
+            if settings.keepalive and settings.path is None and sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                for option, value in settings.keepalive_options:
+                    sock.setsockopt(socket.IPPROTO_TCP, option, value)
             hello: list[tuple[Any, ...]] = []
             if settings.password is not None:
                 hello.append(("AUTH", settings.username, settings.password)
