@@ -181,26 +181,39 @@ async def test_queued_commands_go_out_in_groups_and_late_groups_time_out(redis_u
 
 
 async def test_a_lane_keeps_the_clients_tcp_keepalive(redis_url: str) -> None:
-    """The lane stands in for the asyncio client: its socket gets the client's keepalive
-    settings (off by default, as in redis-py)."""
+    """The lane stands in for the asyncio client: its socket gets the keepalive options a
+    redis-py connection of that client gets - configured ones, and redis-py's defaults."""
     import socket
 
-    options = {socket.TCP_KEEPIDLE: 45, socket.TCP_KEEPINTVL: 7}
-    configured = redis.asyncio.Redis.from_url(redis_url, socket_timeout=1.0,
-                                              socket_keepalive=True,
-                                              socket_keepalive_options=options)
-    for client, keepalive in ((configured, 1),
-                              (redis.asyncio.Redis.from_url(redis_url, socket_timeout=1.0), 0)):
+    names = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE), (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+             (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL), (socket.IPPROTO_TCP, socket.TCP_KEEPCNT)]
+
+    def options(sock: socket.socket) -> list[int]:
+        return [sock.getsockopt(level, name) for level, name in names]
+
+    clients = {
+        "configured": redis.asyncio.Redis.from_url(
+            redis_url, socket_timeout=1.0, socket_keepalive=True,
+            socket_keepalive_options={socket.TCP_KEEPIDLE: 45, socket.TCP_KEEPINTVL: 7}),
+        "off": redis.asyncio.Redis.from_url(redis_url, socket_timeout=1.0,
+                                            socket_keepalive=False),
+        "defaults": redis.asyncio.Redis.from_url(redis_url, socket_timeout=1.0),
+    }
+    seen = {}
+    for label, client in clients.items():
         settings = settings_of(client)
         assert settings is not None
+        conn = await client.connection_pool.get_connection()
         lane = await Lane.open(settings)
         try:
-            sock = lane._transport.get_extra_info("socket")  # type: ignore[union-attr]
-            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == keepalive
-            if keepalive:
-                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 45
-                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 7
+            ours = options(lane._transport.get_extra_info("socket"))  # type: ignore[union-attr]
+            theirs = options(conn._writer.get_extra_info("socket"))
+            assert ours == theirs, label
             assert await lane.call(("PING",)) == b"PONG"
+            seen[label] = ours
         finally:
             lane.close()
-        await client.aclose()
+            await client.connection_pool.release(conn)
+            await client.aclose()
+    assert seen["configured"][:3] == [1, 45, 7]
+    assert seen["off"][0] == 0

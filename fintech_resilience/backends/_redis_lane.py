@@ -9,7 +9,7 @@ dozen writes and about one round trip's wait, while each stays its own atomic sc
 
 It replaces redis-py's asyncio client on the decision path only where it speaks exactly as that
 client would: a standalone server over TCP or a Unix socket, RESP2, UTF-8, optional
-``AUTH``/``SELECT``/``CLIENT SETNAME``, TCP keepalive as the client configures it. TLS,
+``AUTH``/``SELECT``/``CLIENT SETNAME``, the TCP keepalive its connections set. TLS,
 Sentinel, Cluster and credential providers keep redis-py (:func:`settings_of` returns None for
 them).
 
@@ -26,7 +26,7 @@ import asyncio
 import collections
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +52,9 @@ class LaneSettings:
     client_name: str | None
     timeout: float
     connect_timeout: float
-    #: the client's ``socket_keepalive`` and ``socket_keepalive_options`` (TCP only, as redis-py)
+    #: the TCP keepalive of the client's connections (``socket_keepalive[_options]``)
     keepalive: bool = False
-    keepalive_options: tuple[tuple[int, int], ...] = ()
+    keepalive_options: tuple[tuple[int, Any], ...] = ()
 
 
 def settings_of(client: Any) -> LaneSettings | None:
@@ -84,8 +84,19 @@ def settings_of(client: Any) -> LaneSettings | None:
         db=int(kw.get("db", 0) or 0), username=kw.get("username"), password=kw.get("password"),
         client_name=kw.get("client_name"), timeout=float(timeout),
         connect_timeout=float(kw.get("socket_connect_timeout") or timeout),
-        keepalive=bool(kw.get("socket_keepalive")),
-        keepalive_options=tuple((kw.get("socket_keepalive_options") or {}).items()))
+        **_keepalive_of(pool.connection_class, kw))
+
+
+def _keepalive_of(connection_class: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The TCP keepalive a connection of the client's pool would set: read from an unconnected
+    one, so redis-py's own defaults (on, with default options, since redis-py 8) apply."""
+    try:
+        probe = connection_class(**kwargs)
+    except Exception:  # an unexpected signature: keep the operating system's defaults
+        return {}
+    options = getattr(probe, "socket_keepalive_options", None)
+    return {"keepalive": bool(getattr(probe, "socket_keepalive", False)),
+            "keepalive_options": tuple(options.items()) if isinstance(options, Mapping) else ()}
 
 
 class Lane(asyncio.Protocol):
