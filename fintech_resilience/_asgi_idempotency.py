@@ -27,7 +27,7 @@ from ._http import (
 )
 from ._idempotency_record import StoredResponse, default_store_status
 from .errors import BackendUnavailable, ConfigurationError, IdempotencyKeyInvalid
-from .idempotency import Claim, ClaimOutcome, IdempotencyStore
+from .idempotency import Claim, IdempotencyStore
 
 __all__ = ["IdempotencyEdge", "IdempotencyMiddleware"]
 
@@ -170,10 +170,9 @@ class IdempotencyMiddleware(IdempotencyEdge[ASGIApp, Scope]):
             await send_answer(send, unavailable_problem(store.unavailable_retry_after,
                                                         base=self.base))
             return
-        if claim.outcome is not ClaimOutcome.EXECUTE:
-            answer = claim_answer(claim.outcome, retry_after=claim.retry_after,
-                                  stored=claim.response, base=self.base)
-            assert answer is not None  # only EXECUTE has no answer
+        answer = claim_answer(claim.outcome, retry_after=claim.retry_after,
+                              stored=claim.response, base=self.base)
+        if answer is not None:
             await send_answer(send, answer)
             return
         await self._execute(scope, receive, send, claim, body)
