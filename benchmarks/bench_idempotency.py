@@ -13,7 +13,11 @@ Measured, interleaved in the same run (several rounds, medians):
 * one bare EVALSHA round trip on the same asyncio Redis client kind (``return 1``).
 
 Overhead = median(with middleware) - median(bare app). The target is: ours on Redis, first request,
-<= 2.2 x one bare EVALSHA round trip.
+<= 2.2 x one bare EVALSHA round trip. A round measures every variant once, in forward order on even
+rounds and in reverse order on odd ones (so no variant always runs right after another); the
+headline ratio is the median of the rounds' own ratios (ours, the bare app and the bare EVALSHA of
+the same round), which cancels the machine's drift between rounds. The ratio of the medians over
+all rounds is printed beside it.
 """
 
 from __future__ import annotations
@@ -161,10 +165,14 @@ async def main() -> None:
         medians: dict[str, list[float]] = {name: [] for name in [*variants, "bare EVALSHA"]}
         for app, replay in variants.values():  # warm-up
             await timed_requests(app, replay)
-        for _ in range(ROUNDS):
-            medians["bare EVALSHA"].append(statistics.median(await timed_evalsha(client, sha)))
-            for name, (app, replay) in variants.items():
-                medians[name].append(statistics.median(await timed_requests(app, replay)))
+        names = ["bare EVALSHA", *variants]
+        for round_no in range(ROUNDS):
+            for name in names if round_no % 2 == 0 else reversed(names):
+                if name == "bare EVALSHA":
+                    samples = await timed_evalsha(client, sha)
+                else:
+                    samples = await timed_requests(*variants[name])
+                medians[name].append(statistics.median(samples))
         await client.aclose()
         await backend.aclose()
 
@@ -182,8 +190,15 @@ async def main() -> None:
             over = value - base
             print(f"{name:40} {value * 1e6:10.1f} {over * 1e6:12.1f} {over / rtt:10.2f}")
         ours = result["ours redis first"] - base
-        print(f"\nours (Redis) first-request overhead / bare EVALSHA = {ours / rtt:.2f}"
-              f" (target <= 2.2)")
+        rounds = [(first - bare) / evalsha for first, bare, evalsha in zip(
+            medians["ours redis first"], medians["bare app"], medians["bare EVALSHA"],
+            strict=True)]
+        per_round = statistics.median(rounds)
+        print(f"\nours (Redis) first-request overhead / bare EVALSHA per round:"
+              f" {' '.join(f'{r:.2f}' for r in rounds)}")
+        print(f"ours (Redis) first-request overhead / bare EVALSHA = {per_round:.2f}"
+              f" (target <= 2.2; median of the rounds' ratios; ratio of the medians:"
+              f" {ours / rtt:.2f})")
         peer_name = "fastapi-idempotency memory first"
         if peer_name in result:
             peer_over = result[peer_name] - base

@@ -35,7 +35,15 @@ from opentelemetry.metrics import _internal as _metrics
 from . import _keys, telemetry
 from . import audit as _audit
 from ._clock import Clock
-from .backends.base import ALLOW, Backend, BackendGuard, Fallback, LocalReply, OnBackendError
+from .backends.base import (
+    ALLOW,
+    Backend,
+    BackendGuard,
+    ConstantArgs,
+    Fallback,
+    LocalReply,
+    OnBackendError,
+)
 from .backends.memory import MemoryBackend, default_backend
 from .backends.memory_ops.ratelimit import gcra_one_bound
 from .errors import ConfigurationError, RateLimited
@@ -365,6 +373,9 @@ class RateLimiter:
         # ... as the scripts receive them: fractions written once (as redis-py would write them),
         # not on every call
         self._args_tail = tuple(repr(x) if isinstance(x, float) else x for x in tail)
+        # the arguments of a call at cost 1 on the backend's clock (most calls): the same every
+        # time, so a backend may encode them once
+        self._constant_args = ConstantArgs((0, 1, *self._args_tail))
         # the memory default with one GCRA limit: the twin bound to its store, no dispatch
         self._local: Callable[[str, int], list[int]] | None = None
         if isinstance(self.backend, MemoryBackend) and algorithm == "gcra" and len(tail) == 2:
@@ -392,8 +403,9 @@ class RateLimiter:
                 if len(self._key_cache) >= _KEY_CACHE_SIZE:
                     self._key_cache.clear()
                 self._key_cache[key] = keys
-        now = 0 if self.clock is None else round(self.clock.time() * 1_000_000)
-        return keys, (now, cost, *self._args_tail)
+        if self.clock is None:
+            return keys, self._constant_args if cost == 1 else (0, cost, *self._args_tail)
+        return keys, (round(self.clock.time() * 1_000_000), cost, *self._args_tail)
 
     def _decide(self, result: Any, cost: int) -> Decision:
         decision: Decision

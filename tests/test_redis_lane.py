@@ -16,9 +16,12 @@ import warnings
 import pytest
 import redis
 import servers
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fintech_resilience import BackendUnavailable, RateLimiter, RedisBackend
-from fintech_resilience.backends._redis_lane import WRITE_AT, Lane, settings_of
+from fintech_resilience.backends._redis_lane import WRITE_AT, Lane, evalsha_one, settings_of
+from fintech_resilience.backends.base import ConstantArgs
 
 pytestmark = pytest.mark.redis
 
@@ -217,3 +220,45 @@ async def test_a_lane_keeps_the_clients_tcp_keepalive(redis_url: str) -> None:
             await client.aclose()
     assert seen["configured"][:3] == [1, 45, 7]
     assert seen["off"][0] == 0
+
+
+_ARG = st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1),
+                 st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20),
+                 st.binary(max_size=20))
+
+
+@given(sha=st.text(alphabet="0123456789abcdef", min_size=40, max_size=40),
+       key=st.text(min_size=1, max_size=40), args=st.lists(_ARG, max_size=6))
+def test_a_prepacked_evalsha_is_the_command_hiredis_would_pack(sha: str, key: str,
+                                                               args: list[object]) -> None:
+    import hiredis
+
+    constant = ConstantArgs(args)
+    expected = hiredis.pack_command(("EVALSHA", sha, 1, key, *args))
+    assert evalsha_one(sha, key, constant) == expected
+    assert evalsha_one(sha, key, constant) == expected  # from the kept encoding
+    other = sha[::-1]
+    assert evalsha_one(other, key, constant) == hiredis.pack_command(
+        ("EVALSHA", other, 1, key, *args))  # another script: encoded again
+
+
+def test_a_prepacked_evalsha_refuses_what_redis_py_would_refuse() -> None:
+    with pytest.raises(TypeError):
+        evalsha_one("0" * 40, "k", ConstantArgs((True,)))
+    with pytest.raises(TypeError):
+        evalsha_one("0" * 40, "k", ConstantArgs((None,)))
+
+
+async def test_decisions_at_cost_one_send_the_prepacked_command(redis_url: str) -> None:
+    rl = _limiter(redis_url)
+    try:
+        assert rl._request("k", 1)[1] is rl._constant_args  # cost 1 on the server's clock
+        assert type(rl._request("k", 2)[1]) is tuple  # other costs: a tuple per call
+        first = await rl.aacquire("k")
+        assert rl._constant_args.encoded is not None  # the lane encoded it once
+        heavier = await rl.aacquire("k", cost=5)
+        again = await rl.aacquire("k")
+        assert (first.remaining, heavier.remaining, again.remaining) == (999, 994, 993)
+        assert (await rl.aacquire("other")).remaining == 999
+    finally:
+        await rl.backend.aclose()

@@ -33,7 +33,9 @@ from typing import Any
 import redis.asyncio
 import redis.exceptions as rex
 
-__all__ = ["Lane", "LaneSettings", "settings_of"]
+from .base import ConstantArgs
+
+__all__ = ["Lane", "LaneSettings", "evalsha_one", "settings_of"]
 
 #: queued commands written without waiting for the end of the loop iteration: Redis starts on
 #: them while the loop is still producing the rest (measured: 2-8 equally good, 1 and "all at the
@@ -99,6 +101,31 @@ def _keepalive_of(connection_class: Any, kwargs: dict[str, Any]) -> dict[str, An
             "keepalive_options": tuple(options.items()) if isinstance(options, Mapping) else ()}
 
 
+def _bulk(value: Any) -> bytes:
+    """One argument as a RESP bulk string, encoded as redis-py and hiredis encode it."""
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str):
+        data = value.encode()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        data = repr(value).encode()
+    else:
+        raise TypeError(f"a script argument is bytes, str, int or float; got {value!r}")
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def evalsha_one(sha: str, key: str, args: ConstantArgs) -> bytes:
+    """``EVALSHA sha 1 key *args`` in RESP: what does not change (the script, the arguments) is
+    encoded on the first call and kept on ``args``; a call encodes only its key (a fifth of
+    hiredis's ``pack_command`` of the whole command, measured)."""
+    encoded = args.encoded
+    if encoded is None or encoded[0] != sha:
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n%s$1\r\n1\r\n" % (4 + len(args), _bulk(sha))
+        encoded = args.encoded = (sha, head, b"".join(map(_bulk, args)))
+    data = key.encode()
+    return b"%s$%d\r\n%s\r\n%s" % (encoded[1], len(data), data, encoded[2])
+
+
 class Lane(asyncio.Protocol):
     """A pipelined connection: :meth:`call` returns a future of the command's reply."""
 
@@ -155,14 +182,15 @@ class Lane(asyncio.Protocol):
         return lane
 
     # -- commands ----------------------------------------------------------------------------
-    def call(self, command: tuple[Any, ...]) -> asyncio.Future[Any]:
-        """Queue ``command``; the future gets its reply (error replies as exception *values*)."""
+    def call(self, command: tuple[Any, ...] | bytes) -> asyncio.Future[Any]:
+        """Queue ``command`` (a tuple, or bytes already in RESP: :func:`evalsha_one`); the future
+        gets its reply (error replies as exception *values*)."""
         future = self._loop.create_future()
         if self.closed:
             future.set_exception(rex.ConnectionError("the Redis connection is closed"))
             return future
         idle = not self._waiting
-        self._out.append(self._pack(command))
+        self._out.append(command if isinstance(command, bytes) else self._pack(command))
         self._waiting.append(future)
         if idle or len(self._out) >= WRITE_AT:
             self._flush()  # nothing in flight (no reason to wait for company), or enough company

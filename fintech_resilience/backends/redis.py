@@ -36,8 +36,8 @@ import redis.exceptions as rex
 from .._per_loop import PerLoop
 from ..errors import BackendUnavailable, ConfigurationError
 from ._redis_clients import ClientFactory, factory_from_client, factory_from_url
-from ._redis_lane import Lane, settings_of
-from .base import Arg, Backend
+from ._redis_lane import Lane, evalsha_one, settings_of
+from .base import Arg, Backend, ConstantArgs
 
 __all__ = ["HealthBreaker", "RedisBackend"]
 
@@ -360,7 +360,10 @@ class RedisBackend(Backend):
             try:
                 if lane is None or lane.closed:
                     lane = await self._open_lane(batch)
-                reply = await lane.call(("EVALSHA", sha, len(keys), *keys, *args))
+                reply = await lane.call(
+                    evalsha_one(sha, keys[0], args)
+                    if type(args) is ConstantArgs and len(keys) == 1
+                    else ("EVALSHA", sha, len(keys), *keys, *args))
                 if isinstance(reply, Exception):  # an error reply
                     if str(reply).startswith("NOSCRIPT"):
                         reply = await lane.call(("EVAL", source, len(keys), *keys, *args))

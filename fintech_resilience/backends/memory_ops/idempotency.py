@@ -86,9 +86,7 @@ def complete(store: MemoryStore, keys: Sequence[str], args: Sequence[Any],
     refused = _check(record, _b(args[1]), float(now_us))
     if refused is not None or record is None:
         return refused or [0, 1]
-    record.update({"st": b"c", "res": _b(args[2]), "co": float(now_us)})
-    record.pop("own", None)
-    record.pop("lu", None)
+    record.update({"st": b"c", "res": _b(args[2]), "co": float(now_us)})  # own, lu stay
     store.expire(keys[0], _ttl(float(args[3])), now_us)
     return [1, 0]
 
