@@ -102,7 +102,8 @@ def _ratelimit(out: str) -> list[Ratio]:
     start = out.find("{")
     data = json.loads(out[start:])
     peers = {"a.": "bare redis-py EVALSHA", "b.": "limits (memory)", "c.": "check removed",
-             "c'": "no SDK", "d.": "redis.asyncio, one EVALSHA each", "e.": "a no-op span"}
+             "c'": "no SDK", "d.": "redis.asyncio, one EVALSHA each", "d'": "redis.asyncio, one EVALSHA each",
+             "e.": "a no-op span"}
     return [Ratio("ratelimit", row["case"], peers.get(row["case"][:2], "reference"),
                   float(row["ratio"]), float(row["ours_us"]), float(row["reference_us"]))
             for row in data["rows"]]
