@@ -242,7 +242,7 @@ def test_a_prepacked_evalsha_is_the_command_hiredis_would_pack(sha: str, key: st
         ("EVALSHA", other, 1, key, *args))  # another script: encoded again
 
 
-def test_a_prepacked_evalsha_refuses_what_redis_py_would_refuse() -> None:
+def test_a_prepacked_evalsha_refuses_bools_and_none() -> None:
     with pytest.raises(TypeError):
         evalsha_one("0" * 40, "k", ConstantArgs((True,)))
     with pytest.raises(TypeError):
