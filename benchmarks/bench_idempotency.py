@@ -44,11 +44,11 @@ from fintech_resilience import MemoryBackend, RedisBackend
 from fintech_resilience.asgi import IdempotencyMiddleware
 from fintech_resilience.idempotency import IdempotencyStore
 
-ROUNDS = 7
+ROUNDS = 21
 # the default RedisBackend (one pipelined connection per event loop); --no-pipeline measures
 # RedisBackend(pipeline=False), where each decision is its own redis-py EVALSHA
 PIPELINE = "--no-pipeline" not in sys.argv
-PER_ROUND = 300
+PER_ROUND = 200
 SECRET = b"benchmark-secret-0123456789"
 BODY = b'{"amount":1250,"currency":"EUR","card":"tok_visa"}'
 
