@@ -25,7 +25,7 @@ import redis
 
 from fintech_resilience.backends.memory import MemoryBackend
 from fintech_resilience.backends.redis import RedisBackend
-from fintech_resilience.breaker import BreakerState, CircuitBreaker
+from fintech_resilience.breaker.circuit import BreakerState, CircuitBreaker
 from fintech_resilience.errors import CircuitOpen
 
 

@@ -33,9 +33,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from fintech_resilience import MemoryBackend, RedisBackend
-from fintech_resilience._asgi_ratelimit import RateLimitMiddleware
+from fintech_resilience.edges.asgi.ratelimit import RateLimitMiddleware
 from fintech_resilience.keys import principal_or_ip
-from fintech_resilience.ratelimit import RateLimiter
+from fintech_resilience.ratelimit.limiter import RateLimiter
 
 LIMIT = "1000000/minute"
 

@@ -32,10 +32,10 @@ import requests
 
 import fintech_resilience as fr
 from fintech_resilience.backends.memory import MemoryBackend
-from fintech_resilience.breaker import CircuitBreaker
-from fintech_resilience.budget import RetryBudget
+from fintech_resilience.breaker.circuit import CircuitBreaker
 from fintech_resilience.httpx import ResilientTransport
 from fintech_resilience.requests import ResilientAdapter
+from fintech_resilience.retries.budget import RetryBudget
 
 
 class Handler(BaseHTTPRequestHandler):

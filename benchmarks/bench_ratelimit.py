@@ -50,10 +50,10 @@ from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 from opentelemetry import trace
 
-from fintech_resilience import ratelimit as ratelimit_module
 from fintech_resilience.backends.memory import MemoryBackend
 from fintech_resilience.backends.redis import RedisBackend, script
-from fintech_resilience.ratelimit import RateLimiter
+from fintech_resilience.ratelimit import limiter as ratelimit_module
+from fintech_resilience.ratelimit.limiter import RateLimiter
 
 LIMIT = "1000000000/minute"  # never refuses: every case measures an admitted decision
 TWO_COMMANDS = "local v = redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], ARGV[1], 'PX', 60000) return v"

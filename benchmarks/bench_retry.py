@@ -20,13 +20,13 @@ import stamina
 import tenacity
 
 from fintech_resilience.backends.memory import MemoryBackend
-from fintech_resilience.breaker import CircuitBreaker
-from fintech_resilience.bulkhead import Bulkhead
-from fintech_resilience.policy import Policy
-from fintech_resilience.ratelimit import RateLimiter
-from fintech_resilience.timeout import TimeLimit
+from fintech_resilience.breaker.circuit import CircuitBreaker
+from fintech_resilience.policy.bulkhead import Bulkhead
+from fintech_resilience.policy.compose import Policy
+from fintech_resilience.policy.deadline import TimeLimit
+from fintech_resilience.ratelimit.limiter import RateLimiter
 
-fr_retry = importlib.import_module("fintech_resilience.retry")  # `fr.retry` is the decorator
+fr_retry = importlib.import_module("fintech_resilience.retries.core")  # `fr.retry` is the decorator
 
 
 def per_call_sync(fn: Callable[[], Any], n: int) -> float:

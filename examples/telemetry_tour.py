@@ -22,25 +22,31 @@ from typing import Any
 from opentelemetry import trace
 
 import fintech_resilience as fr
-from fintech_resilience import telemetry
-from fintech_resilience._asgi_idempotency import IdempotencyMiddleware
-from fintech_resilience._asgi_ratelimit import RateLimitMiddleware
-from fintech_resilience._asgi_shedding import LoadSheddingMiddleware
-from fintech_resilience._chaos_asgi import ChaosMiddleware
-from fintech_resilience._wsgi_ratelimit import RateLimitMiddleware as WsgiRateLimitMiddleware
+from fintech_resilience import (
+    Bulkhead,
+    CircuitBreaker,
+    ConcurrencyLimiter,
+    CountWindow,
+    IdempotencyStore,
+    MemoryBackend,
+    Policy,
+    RateLimiter,
+    RetryBudget,
+    idempotent,
+    retry,
+    timeout,
+)
+from fintech_resilience.asgi import (
+    ChaosMiddleware,
+    IdempotencyMiddleware,
+    LoadSheddingMiddleware,
+    RateLimitMiddleware,
+)
 from fintech_resilience.audit import AuditLog, AuditRecord, CallbackSink
-from fintech_resilience.backends.memory import MemoryBackend
-from fintech_resilience.breaker import CircuitBreaker, CountWindow
-from fintech_resilience.budget import RetryBudget
-from fintech_resilience.bulkhead import Bulkhead
 from fintech_resilience.chaos import Rule, inject
-from fintech_resilience.concurrency import ConcurrencyLimiter
-from fintech_resilience.idempotency import IdempotencyStore, idempotent
-from fintech_resilience.policy import Policy
-from fintech_resilience.ratelimit import RateLimiter
-from fintech_resilience.retry import retry
+from fintech_resilience.core import telemetry
 from fintech_resilience.testing import ManualClock
-from fintech_resilience.timeout import timeout
+from fintech_resilience.wsgi import RateLimitMiddleware as WsgiRateLimitMiddleware
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "telemetry-run.md"
 START = 1_700_000_000.0

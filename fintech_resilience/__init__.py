@@ -1,22 +1,21 @@
 """fintech_resilience: rate limits, circuit breakers, retries and idempotency keys for payment
 services, shared by every worker and host through Redis, visible in OpenTelemetry.
 
-The public API is what this module exports; every other module name starting with ``_`` is
-private. Framework edges live in their own modules (``fintech_resilience.asgi``, ``.wsgi``,
-``.fastapi``, ``.flask``, ``.django``, ``.httpx``, ``.requests``) so importing the package never
-imports a web framework.
+The public API is what this module exports, plus the public edge modules
+(``fintech_resilience.asgi``, ``.wsgi``, ``.fastapi``, ``.flask``, ``.django``, ``.httpx``,
+``.requests``), ``.keys``, ``.audit``, ``.chaos``, ``.errors`` and ``.testing``. Framework edges
+live in their own modules so importing the package never imports a web framework. The
+sub-packages are laid out by concept (see the README's architecture section); their inner
+modules are not a stable import path.
 """
 
 from . import audit, chaos, keys, testing
 from ._version import __version__
 from .audit import AuditLog, AuditRecord
 from .backends import Backend, MemoryBackend, RedisBackend
-from .backoff import constant, decorrelated_jitter, equal_jitter, exponential, full_jitter
 from .breaker import BreakerState, CircuitBreaker, CountWindow, TimeWindow, Transition
-from .budget import RetryBudget
-from .bulkhead import Bulkhead
-from .concurrency import ConcurrencyLimiter, Slot
-from .crypto import AesGcmCipher
+from .core.outcomes import Outcome, Verdict, on_exceptions, on_result, on_status
+from .core.redaction import Redactor
 from .errors import (
     BackendUnavailable,
     BulkheadFull,
@@ -36,14 +35,29 @@ from .errors import (
     RetryError,
     Timeout,
 )
-from .idempotency import IdempotencyContext, IdempotencyStore, current_idempotency, idempotent
-from .outcomes import Outcome, Verdict, on_exceptions, on_result, on_status
-from .policy import Policy
-from .ratelimit import Decision, LimitStatus, RateLimiter
-from .redaction import Redactor
+from .idempotency import (
+    AesGcmCipher,
+    IdempotencyContext,
+    IdempotencyStore,
+    current_idempotency,
+    idempotent,
+)
+from .policy import Bulkhead, Policy, timeout
+from .ratelimit import ConcurrencyLimiter, Decision, LimitStatus, RateLimiter, Slot
 from .residency import RegionalBackend
-from .retry import Attempt, Retry, RetryDetails, current_attempt, retry
-from .timeout import timeout
+from .retries import (
+    Attempt,
+    Retry,
+    RetryBudget,
+    RetryDetails,
+    constant,
+    current_attempt,
+    decorrelated_jitter,
+    equal_jitter,
+    exponential,
+    full_jitter,
+    retry,
+)
 
 __all__ = [
     "AesGcmCipher",

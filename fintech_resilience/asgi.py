@@ -10,11 +10,11 @@
 Non-HTTP scopes (websocket, lifespan) pass straight through every one of them.
 """
 
-from ._asgi_idempotency import IdempotencyMiddleware
-from ._asgi_ratelimit import RateLimitMiddleware
-from ._asgi_shedding import LoadSheddingMiddleware
-from ._chaos_asgi import ChaosMiddleware
-from ._ratelimit_http import Rule
+from .edges.asgi.chaos import ChaosMiddleware
+from .edges.asgi.idempotency import IdempotencyMiddleware
+from .edges.asgi.ratelimit import RateLimitMiddleware
+from .edges.asgi.shedding import LoadSheddingMiddleware
+from .edges.ratelimit_http import Rule
 
 __all__ = [
     "ChaosMiddleware",

@@ -46,13 +46,13 @@ from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 from rest_framework.throttling import BaseThrottle  # type: ignore[import-untyped]
 
-from ._http import PROBLEM_BASE, SAFE_REPLAY_HEADERS, HttpAnswer
-from ._ratelimit_http import RateLimitCore, Rule, Verdict
-from ._wsgi_idempotency import finish_claim, open_claim
 from .backends.base import Backend
+from .edges.http import PROBLEM_BASE, SAFE_REPLAY_HEADERS, HttpAnswer
+from .edges.ratelimit_http import RateLimitCore, Rule, Verdict
+from .edges.wsgi.idempotency import finish_claim, open_claim
 from .errors import ConfigurationError
 from .keys import ClientKey, principal_or_ip
-from .ratelimit import Decision, RateLimiter
+from .ratelimit.limiter import Decision, RateLimiter
 
 __all__ = ["IdempotencyMiddleware", "RateLimitMiddleware", "RateThrottle", "drf_rate"]
 
@@ -222,8 +222,8 @@ class IdempotencyMiddleware:
     async_capable = False
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        from ._asgi_idempotency import DEFAULT_MAX_BODY, check_options
-        from ._idempotency_record import default_store_status
+        from .edges.asgi.idempotency import DEFAULT_MAX_BODY, check_options
+        from .idempotency.record import default_store_status
 
         config = _config().get("IDEMPOTENCY")
         if not isinstance(config, Mapping) or "STORE" not in config:

@@ -31,7 +31,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .ratelimit import Decision
+    from .ratelimit.limiter import Decision
 
 __all__ = [
     "BackendUnavailable",

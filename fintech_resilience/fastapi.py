@@ -33,12 +33,12 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
-from ._asgi_idempotency import IdempotencyMiddleware
-from ._ratelimit_http import KeyFunc, RateLimitCore, Verdict
 from .backends.base import Backend, OnBackendError
+from .edges.asgi.idempotency import IdempotencyMiddleware
+from .edges.ratelimit_http import KeyFunc, RateLimitCore, Verdict
 from .errors import ConfigurationError
-from .idempotency import IdempotencyContext, IdempotencyStore, current_idempotency
-from .ratelimit import Algorithm, Decision, RateLimiter
+from .idempotency.store import IdempotencyContext, IdempotencyStore, current_idempotency
+from .ratelimit.limiter import Algorithm, Decision, RateLimiter
 
 __all__ = ["RateLimit", "RateLimitExceeded", "idempotency_context", "install",
            "install_idempotency"]

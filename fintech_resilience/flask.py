@@ -25,10 +25,10 @@ from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app, g, request
 
-from ._ratelimit_http import KeyFunc, RateLimitCore, Rule, Verdict
 from .backends.base import Backend, OnBackendError
+from .edges.ratelimit_http import KeyFunc, RateLimitCore, Rule, Verdict
 from .errors import ConfigurationError
-from .ratelimit import Algorithm, RateLimiter
+from .ratelimit.limiter import Algorithm, RateLimiter
 
 __all__ = ["Resilience"]
 

@@ -31,10 +31,10 @@ from typing import Any, Final
 
 import httpx
 
-from ._outbound import IDEMPOTENT_METHODS, FailedResponse, OutboundCore, Plan
-from .outcomes import OutcomeRule
-from .policy import Policy
-from .timeout import time_remaining
+from .core.outcomes import OutcomeRule
+from .edges.outbound import IDEMPOTENT_METHODS, FailedResponse, OutboundCore, Plan
+from .policy.compose import Policy
+from .policy.deadline import time_remaining
 
 __all__ = ["IDEMPOTENT_METHODS", "AsyncResilientTransport", "FailedResponse",
            "ResilientTransport"]

@@ -24,11 +24,11 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
-from ._outbound import IDEMPOTENT_METHODS, FailedResponse, OutboundCore
+from .core.outcomes import OutcomeRule
+from .edges.outbound import IDEMPOTENT_METHODS, FailedResponse, OutboundCore
 from .errors import ConfigurationError
-from .outcomes import OutcomeRule
-from .policy import Policy
-from .timeout import time_remaining
+from .policy.compose import Policy
+from .policy.deadline import time_remaining
 
 __all__ = ["IDEMPOTENT_METHODS", "FailedResponse", "ResilientAdapter"]
 

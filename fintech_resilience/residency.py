@@ -32,7 +32,7 @@ from .backends.base import Arg, Backend
 from .errors import ConfigurationError, ResidencyViolation
 
 if TYPE_CHECKING:
-    from .audit import AuditLog
+    from .audit.log import AuditLog
 
 __all__ = [
     "RegionalBackend",
@@ -172,7 +172,7 @@ class RegionalBackend(Backend):
 
     def _refuse(self, reason: str, who: str | None) -> NoReturn:
         if self.audit is not None:
-            from .audit import EventType
+            from .audit.log import EventType
 
             self.audit.record(EventType.RESIDENCY_VIOLATION, resource="residency:backend",
                               principal=who, outcome="failure", details={"reason": reason})

@@ -12,7 +12,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from ._clock import ManualClock
+from .core.clock import ManualClock
 
 __all__ = ["ManualClock", "is_test_mode", "set_test_mode", "test_mode"]
 

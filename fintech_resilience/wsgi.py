@@ -4,11 +4,11 @@
   :class:`ChaosMiddleware`.
 """
 
-from ._chaos_wsgi import ChaosMiddleware
-from ._ratelimit_http import Rule
-from ._wsgi_idempotency import IdempotencyMiddleware
-from ._wsgi_ratelimit import RateLimitMiddleware
-from ._wsgi_shedding import LoadSheddingMiddleware
+from .edges.ratelimit_http import Rule
+from .edges.wsgi.chaos import ChaosMiddleware
+from .edges.wsgi.idempotency import IdempotencyMiddleware
+from .edges.wsgi.ratelimit import RateLimitMiddleware
+from .edges.wsgi.shedding import LoadSheddingMiddleware
 
 __all__ = ["ChaosMiddleware", "IdempotencyMiddleware", "LoadSheddingMiddleware",
            "RateLimitMiddleware", "Rule"]

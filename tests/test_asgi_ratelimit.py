@@ -29,10 +29,10 @@ with warnings.catch_warnings():  # starlette 1.x warns that its test client want
 import servers
 
 from fintech_resilience import MemoryBackend, RedisBackend
-from fintech_resilience._asgi_ratelimit import RateLimitMiddleware
-from fintech_resilience._ratelimit_http import QUOTA_EXCEEDED, TEMPORARY_REDUCED_CAPACITY, Rule
+from fintech_resilience.edges.asgi.ratelimit import RateLimitMiddleware
+from fintech_resilience.edges.ratelimit_http import QUOTA_EXCEEDED, TEMPORARY_REDUCED_CAPACITY, Rule
 from fintech_resilience.keys import principal_or_ip
-from fintech_resilience.ratelimit import RateLimiter
+from fintech_resilience.ratelimit.limiter import RateLimiter
 from fintech_resilience.testing import ManualClock
 
 # RFC 9651 List of sf-string Items with Integer parameters, as the IETF draft uses them
@@ -398,7 +398,7 @@ def _no_leftover_events() -> Iterator[None]:
 
 def test_fields_match_decision_headers_exactly(clock):
     """The hot-path formatting in _ratelimit_http never drifts from Decision.headers()."""
-    from fintech_resilience._ratelimit_http import limiter_policy, ratelimit_item
+    from fintech_resilience.edges.ratelimit_http import limiter_policy, ratelimit_item
 
     for spec in ("3/minute", "2/second; 3/minute; 100/day"):
         lim = limiter(spec, clock=clock)
@@ -414,7 +414,7 @@ def test_fields_match_decision_headers_exactly(clock):
 def test_encoded_fields_match_the_general_path(clock):
     """The ASGI shortcut (one in-process limiter, fields encoded without a Verdict) answers
     byte for byte what the general path answers, refusals included."""
-    from fintech_resilience._asgi_ratelimit import encode_fields
+    from fintech_resilience.edges.asgi.ratelimit import encode_fields
 
     for spec, kw in (("3/minute", {}), ("5/second", {"burst": 2}), ("2/second", {"shadow": True})):
         fast = RateLimitMiddleware(_ok_app, limiter=limiter(spec, clock=clock, **kw)).core

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from fintech_resilience import audit
-from fintech_resilience._asgi_ratelimit import RateLimitMiddleware
-from fintech_resilience._wsgi_ratelimit import RateLimitMiddleware as WsgiRateLimitMiddleware
 from fintech_resilience.audit import AuditLog, AuditRecord, CallbackSink, EventType
 from fintech_resilience.backends.memory import MemoryBackend
-from fintech_resilience.breaker import CircuitBreaker
-from fintech_resilience.budget import RetryBudget
-from fintech_resilience.idempotency import IdempotencyStore
-from fintech_resilience.ratelimit import RateLimiter
+from fintech_resilience.breaker.circuit import CircuitBreaker
+from fintech_resilience.edges.asgi.ratelimit import RateLimitMiddleware
+from fintech_resilience.edges.wsgi.ratelimit import RateLimitMiddleware as WsgiRateLimitMiddleware
+from fintech_resilience.idempotency.store import IdempotencyStore
+from fintech_resilience.ratelimit.limiter import RateLimiter
+from fintech_resilience.retries.budget import RetryBudget
 from fintech_resilience.testing import ManualClock
 
 

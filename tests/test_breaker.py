@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 
 from fintech_resilience.backends.base import Arg, Backend
-from fintech_resilience.breaker import (
+from fintech_resilience.breaker.circuit import (
     BreakerState,
     CircuitBreaker,
     CountWindow,
     TimeWindow,
     Transition,
 )
+from fintech_resilience.core.outcomes import on_exceptions, on_status
 from fintech_resilience.errors import CircuitOpen, ConfigurationError
-from fintech_resilience.outcomes import on_exceptions, on_status
 from fintech_resilience.testing import ManualClock
 
 

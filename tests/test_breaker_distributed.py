@@ -12,7 +12,7 @@ import pytest
 
 from fintech_resilience.backends.base import Backend
 from fintech_resilience.backends.redis import RedisBackend
-from fintech_resilience.breaker import BreakerState, CircuitBreaker, CountWindow
+from fintech_resilience.breaker.circuit import BreakerState, CircuitBreaker, CountWindow
 from fintech_resilience.errors import CircuitOpen
 from fintech_resilience.testing import ManualClock
 

@@ -10,7 +10,7 @@ import pytest
 import servers
 
 from fintech_resilience.backends.redis import RedisBackend
-from fintech_resilience.breaker import BreakerState, CircuitBreaker, CountWindow
+from fintech_resilience.breaker.circuit import BreakerState, CircuitBreaker, CountWindow
 from fintech_resilience.errors import CircuitOpen
 from fintech_resilience.testing import ManualClock
 

@@ -15,7 +15,7 @@ import pytest
 
 from fintech_resilience.backends.memory import MemoryBackend
 from fintech_resilience.backends.memory_ops.breaker import CountRing
-from fintech_resilience.breaker import BreakerState, CircuitBreaker, CountWindow
+from fintech_resilience.breaker.circuit import BreakerState, CircuitBreaker, CountWindow
 from fintech_resilience.testing import ManualClock
 
 

@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from fintech_resilience._breaker_core import Settings
 from fintech_resilience.backends.base import Backend
 from fintech_resilience.backends.memory import MemoryBackend
-from fintech_resilience.breaker import BreakerState, CircuitBreaker, CountWindow, TimeWindow
+from fintech_resilience.breaker.circuit import BreakerState, CircuitBreaker, CountWindow, TimeWindow
+from fintech_resilience.breaker.state import Settings
+from fintech_resilience.core.outcomes import on_exceptions
 from fintech_resilience.errors import CircuitOpen
-from fintech_resilience.outcomes import on_exceptions
 from fintech_resilience.testing import ManualClock
 
 S = BreakerState

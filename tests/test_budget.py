@@ -12,13 +12,13 @@ import pytest
 
 from fintech_resilience.backends.base import Arg, Backend
 from fintech_resilience.backends.memory import MemoryBackend
-from fintech_resilience.budget import RetryBudget
 from fintech_resilience.errors import (
     BackendUnavailable,
     ConfigurationError,
     RetryBudgetExhausted,
 )
-from fintech_resilience.retry import retry
+from fintech_resilience.retries.budget import RetryBudget
+from fintech_resilience.retries.core import retry
 from fintech_resilience.testing import ManualClock, test_mode
 
 START = 1_700_000_000.0
@@ -189,7 +189,7 @@ def _worker(url: str) -> tuple[int, int]:
 
 def test_twenty_processes_retry_within_ratio_plus_floor(redis_url: str) -> None:
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["fintech_resilience.budget", "fintech_resilience.retry",
+    ctx.set_forkserver_preload(["fintech_resilience.retries.budget", "fintech_resilience.retries.core",
                                 "fintech_resilience.backends.redis"])
     with ctx.Pool(PROCESSES) as pool:
         results = pool.map(_worker, [redis_url] * PROCESSES)

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from fintech_resilience.backends.base import Backend
-from fintech_resilience.bulkhead import Bulkhead
-from fintech_resilience.concurrency import ConcurrencyLimiter
 from fintech_resilience.errors import BulkheadFull, ConfigurationError
+from fintech_resilience.policy.bulkhead import Bulkhead
+from fintech_resilience.ratelimit.concurrency import ConcurrencyLimiter
 from fintech_resilience.testing import ManualClock
 
 

@@ -9,8 +9,6 @@ from typing import Any
 
 import pytest
 
-from fintech_resilience._chaos_asgi import ChaosMiddleware as AsgiChaos
-from fintech_resilience._chaos_wsgi import ChaosMiddleware as WsgiChaos
 from fintech_resilience.chaos import (
     ENV_ENABLE,
     PRODUCTION_MARKERS,
@@ -21,6 +19,8 @@ from fintech_resilience.chaos import (
     is_production,
     principal,
 )
+from fintech_resilience.edges.asgi.chaos import ChaosMiddleware as AsgiChaos
+from fintech_resilience.edges.wsgi.chaos import ChaosMiddleware as WsgiChaos
 from fintech_resilience.errors import ConfigurationError
 
 

@@ -32,14 +32,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import ProxyTracer
 from opentelemetry.util._once import Once
 
-from fintech_resilience import RateLimiter, telemetry
-from fintech_resilience._asgi_idempotency import IdempotencyMiddleware
-from fintech_resilience._asgi_ratelimit import RateLimitMiddleware
+from fintech_resilience import RateLimiter
 from fintech_resilience.audit import AuditLog, CallbackSink
 from fintech_resilience.backends.memory import MemoryBackend
 from fintech_resilience.chaos import inject
-from fintech_resilience.idempotency import IdempotencyStore
-from fintech_resilience.redaction import Redactor, luhn_valid
+from fintech_resilience.core import telemetry
+from fintech_resilience.core.redaction import Redactor, luhn_valid
+from fintech_resilience.edges.asgi.idempotency import IdempotencyMiddleware
+from fintech_resilience.edges.asgi.ratelimit import RateLimitMiddleware
+from fintech_resilience.idempotency.store import IdempotencyStore
 from fintech_resilience.testing import ManualClock
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "telemetry.md"
@@ -376,8 +377,9 @@ def test_without_an_sdk_nothing_is_recorded_and_nothing_fails() -> None:
     script = textwrap.dedent("""
         import asyncio
         from opentelemetry import trace
-        from fintech_resilience import RateLimiter, telemetry
-        from fintech_resilience._chaos_asgi import ChaosMiddleware
+        from fintech_resilience import RateLimiter
+        from fintech_resilience.core import telemetry
+        from fintech_resilience.edges.asgi.chaos import ChaosMiddleware
         from fintech_resilience.audit import AuditLog, CallbackSink
         from fintech_resilience.chaos import Rule, inject
 

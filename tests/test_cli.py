@@ -13,16 +13,16 @@ import pytest
 import redis
 import servers
 
-from fintech_resilience import cli
-from fintech_resilience._idempotency_record import ClaimOutcome, StoredResponse
 from fintech_resilience.audit import AuditLog, EventType, RedisStreamSink
 from fintech_resilience.backends.redis import RedisBackend
-from fintech_resilience.breaker import BreakerState, CircuitBreaker, CountWindow
-from fintech_resilience.budget import RetryBudget
-from fintech_resilience.concurrency import ConcurrencyLimiter
+from fintech_resilience.breaker.circuit import BreakerState, CircuitBreaker, CountWindow
+from fintech_resilience.cli import commands as cli
 from fintech_resilience.errors import CircuitOpen
-from fintech_resilience.idempotency import IdempotencyStore
-from fintech_resilience.ratelimit import RateLimiter
+from fintech_resilience.idempotency.record import ClaimOutcome, StoredResponse
+from fintech_resilience.idempotency.store import IdempotencyStore
+from fintech_resilience.ratelimit.concurrency import ConcurrencyLimiter
+from fintech_resilience.ratelimit.limiter import RateLimiter
+from fintech_resilience.retries.budget import RetryBudget
 
 SECRET = b"s" * 32
 TOPOLOGIES = ("redis_url", "cluster_url")

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from fintech_resilience import cli
-from fintech_resilience._demo import Check, DemoReport, _worst_excess, run_demo
-from fintech_resilience._demo_app import AuthMiddleware, call_asgi
+from fintech_resilience.cli import commands as cli
+from fintech_resilience.cli.demo import Check, DemoReport, _worst_excess, run_demo
+from fintech_resilience.cli.demo_app import AuthMiddleware, call_asgi
 
 SECONDS = 6.0
 INVARIANTS = {
@@ -75,7 +75,7 @@ def test_demo_command_exits_0_and_reports_json() -> None:
 
 
 def test_live_display_rewrites_one_status_line() -> None:
-    from fintech_resilience._demo import Display
+    from fintech_resilience.cli.demo import Display
 
     out = io.StringIO()
     display = Display(out, live=True, color=True)
@@ -93,7 +93,7 @@ def test_demo_command_fails_when_an_invariant_fails(monkeypatch: pytest.MonkeyPa
         return DemoReport("memory", 1.0, [Check("charges executed once per idempotency key",
                                                 False, "1 moved money twice")])
 
-    monkeypatch.setattr("fintech_resilience._demo.run_demo", broken)
+    monkeypatch.setattr("fintech_resilience.cli.demo.run_demo", broken)
     assert cli.main(["demo", "--seconds", "1", "--plain"], out=io.StringIO()) == 1
 
 

@@ -25,8 +25,8 @@ from rest_framework.views import APIView
 from test_wsgi_ratelimit import serve_wsgi
 
 from fintech_resilience import MemoryBackend
-from fintech_resilience._ratelimit_http import QUOTA_EXCEEDED
 from fintech_resilience.django import RateThrottle, drf_rate
+from fintech_resilience.edges.ratelimit_http import QUOTA_EXCEEDED
 from fintech_resilience.errors import ConfigurationError
 
 

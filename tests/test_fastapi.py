@@ -11,10 +11,10 @@ from pydantic import BaseModel
 from test_asgi_ratelimit import serve_asgi
 
 from fintech_resilience import MemoryBackend
-from fintech_resilience._ratelimit_http import QUOTA_EXCEEDED
+from fintech_resilience.edges.ratelimit_http import QUOTA_EXCEEDED
 from fintech_resilience.fastapi import RateLimit, RateLimitExceeded, install
 from fintech_resilience.keys import principal_or_ip
-from fintech_resilience.ratelimit import Decision, RateLimiter
+from fintech_resilience.ratelimit.limiter import Decision, RateLimiter
 from fintech_resilience.testing import ManualClock
 
 with warnings.catch_warnings():  # starlette 1.x warns that its test client wants httpx2

@@ -8,11 +8,11 @@ from flask import Flask, Response, g, request, stream_with_context
 from test_wsgi_ratelimit import serve_wsgi
 
 from fintech_resilience import MemoryBackend
-from fintech_resilience._ratelimit_http import QUOTA_EXCEEDED
+from fintech_resilience.edges.ratelimit_http import QUOTA_EXCEEDED
 from fintech_resilience.errors import ConfigurationError
 from fintech_resilience.flask import Resilience
 from fintech_resilience.keys import principal_or_ip
-from fintech_resilience.ratelimit import RateLimiter
+from fintech_resilience.ratelimit.limiter import RateLimiter
 from fintech_resilience.testing import ManualClock
 
 

@@ -17,12 +17,12 @@ from opentelemetry.trace import SpanKind
 from test_outbound import HANG, FlakyServer, flaky_server  # noqa: F401 - the `server` fixture
 
 import fintech_resilience as fr
-from fintech_resilience import telemetry
 from fintech_resilience.backends.memory import MemoryBackend
-from fintech_resilience.breaker import CircuitBreaker, CountWindow
-from fintech_resilience.budget import RetryBudget
+from fintech_resilience.breaker.circuit import CircuitBreaker, CountWindow
+from fintech_resilience.core import telemetry
 from fintech_resilience.httpx import AsyncResilientTransport, ResilientTransport
-from fintech_resilience.retry import SPAN_NAME
+from fintech_resilience.retries.budget import RetryBudget
+from fintech_resilience.retries.core import SPAN_NAME
 from fintech_resilience.testing import ManualClock
 
 

@@ -18,15 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fintech_resilience import MemoryBackend, RedisBackend, _keys
-from fintech_resilience._idempotency_record import (
-    ClaimOutcome,
-    StoredResponse,
-    decode_response,
-    encode_response,
-)
+from fintech_resilience import MemoryBackend, RedisBackend
 from fintech_resilience.backends.base import Backend
-from fintech_resilience.crypto import AesGcmCipher, DecryptionError
+from fintech_resilience.core import storage_keys as _keys
 from fintech_resilience.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -34,7 +28,14 @@ from fintech_resilience.errors import (
     IdempotencyKeyMismatch,
     IdempotencyOutcomeUnknown,
 )
-from fintech_resilience.idempotency import IdempotencyStore, current_idempotency, idempotent
+from fintech_resilience.idempotency.crypto import AesGcmCipher, DecryptionError
+from fintech_resilience.idempotency.record import (
+    ClaimOutcome,
+    StoredResponse,
+    decode_response,
+    encode_response,
+)
+from fintech_resilience.idempotency.store import IdempotencyStore, current_idempotency, idempotent
 from fintech_resilience.testing import ManualClock
 
 SECRET = b"test-secret-0123456789abcdef"
@@ -322,7 +323,7 @@ def test_redactor_masks_stored_bodies(backend: Backend, clock: ManualClock) -> N
 
 
 def test_real_redactor_fits_the_store(clock: ManualClock) -> None:
-    from fintech_resilience.redaction import Redactor
+    from fintech_resilience.core.redaction import Redactor
 
     store = make_store(MemoryBackend(), clock, redactor=Redactor.pci())
     key = store.record_key("k", scope="alice")

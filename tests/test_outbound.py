@@ -14,14 +14,14 @@ import httpx
 import pytest
 
 import fintech_resilience as fr
-from fintech_resilience._outbound import (
+from fintech_resilience.core.outcomes import Outcome, on_status
+from fintech_resilience.edges.outbound import (
     IDEMPOTENT_METHODS,
     FailedResponse,
     OutboundCore,
     _Neutral,
 )
 from fintech_resilience.errors import ConfigurationError
-from fintech_resilience.outcomes import Outcome, on_status
 
 # --- the flaky server ------------------------------------------------------------------------
 

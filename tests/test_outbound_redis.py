@@ -11,10 +11,10 @@ from test_outbound import FlakyServer, flaky_server  # noqa: F401 - the `server`
 
 import fintech_resilience as fr
 from fintech_resilience import RedisBackend
-from fintech_resilience.breaker import CircuitBreaker, CountWindow
-from fintech_resilience.budget import RetryBudget
+from fintech_resilience.breaker.circuit import CircuitBreaker, CountWindow
 from fintech_resilience.httpx import AsyncResilientTransport
 from fintech_resilience.requests import ResilientAdapter
+from fintech_resilience.retries.budget import RetryBudget
 from fintech_resilience.testing import ManualClock
 
 

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from fintech_resilience.backends.base import Backend
-from fintech_resilience.breaker import CircuitBreaker, CountWindow
-from fintech_resilience.bulkhead import Bulkhead
+from fintech_resilience.breaker.circuit import CircuitBreaker, CountWindow
 from fintech_resilience.errors import (
     BulkheadFull,
     CircuitOpen,
@@ -18,11 +17,12 @@ from fintech_resilience.errors import (
     RateLimited,
     Timeout,
 )
-from fintech_resilience.policy import Policy
-from fintech_resilience.ratelimit import RateLimiter
-from fintech_resilience.retry import RetryDetails, current_attempt, retry
+from fintech_resilience.policy.bulkhead import Bulkhead
+from fintech_resilience.policy.compose import Policy
+from fintech_resilience.policy.deadline import TimeLimit
+from fintech_resilience.ratelimit.limiter import RateLimiter
+from fintech_resilience.retries.core import RetryDetails, current_attempt, retry
 from fintech_resilience.testing import ManualClock
-from fintech_resilience.timeout import TimeLimit
 
 Events = list[str]
 

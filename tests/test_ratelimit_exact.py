@@ -9,7 +9,7 @@ import pytest
 from fintech_resilience import RateLimited, RateLimiter
 from fintech_resilience.backends.base import Backend
 from fintech_resilience.backends.memory import MemoryBackend
-from fintech_resilience.ratelimit import Decision
+from fintech_resilience.ratelimit.limiter import Decision
 from fintech_resilience.testing import ManualClock
 
 

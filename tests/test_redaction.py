@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from fintech_resilience.core.redaction import MASK, Redactor, find_pans, luhn_valid
 from fintech_resilience.errors import ConfigurationError
-from fintech_resilience.redaction import MASK, Redactor, find_pans, luhn_valid
 
 VISA = "4111111111111111"
 MASTERCARD = "5555555555554444"

@@ -22,7 +22,7 @@ from fintech_resilience.audit import (
     LoggingSink,
     RedisStreamSink,
 )
-from fintech_resilience.redaction import Redactor, luhn_valid
+from fintech_resilience.core.redaction import Redactor, luhn_valid
 
 JOIN = "; "  # never a PAN separator, so tokens stay apart
 SAFE_KEYS = ["order", "note", "items", "meta", "ref", "desc", "data", "customer", "memo"]
@@ -186,11 +186,11 @@ def test_wired_sinks_keep_no_pan(doc: Any, pan: str) -> None:
     and edges, and the library's log records: a PAN in a body, a principal, an idempotency key or
     an operator name survives in none of them."""
     from fintech_resilience import audit as audit_module
-    from fintech_resilience._asgi_idempotency import IdempotencyMiddleware
-    from fintech_resilience._asgi_ratelimit import RateLimitMiddleware
-    from fintech_resilience.breaker import CircuitBreaker
-    from fintech_resilience.idempotency import IdempotencyStore, idempotent
-    from fintech_resilience.ratelimit import RateLimiter
+    from fintech_resilience.breaker.circuit import CircuitBreaker
+    from fintech_resilience.edges.asgi.idempotency import IdempotencyMiddleware
+    from fintech_resilience.edges.asgi.ratelimit import RateLimitMiddleware
+    from fintech_resilience.idempotency.store import IdempotencyStore, idempotent
+    from fintech_resilience.ratelimit.limiter import RateLimiter
 
     doc_pans, kept = _tokens(doc)
     doc_pans.add(re.sub("[ -]", "", pan))

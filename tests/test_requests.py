@@ -13,9 +13,9 @@ from test_outbound import HANG, FlakyServer, flaky_server  # noqa: F401 - the `s
 
 import fintech_resilience as fr
 from fintech_resilience.backends.memory import MemoryBackend
-from fintech_resilience.breaker import CircuitBreaker, CountWindow
-from fintech_resilience.budget import RetryBudget
+from fintech_resilience.breaker.circuit import CircuitBreaker, CountWindow
 from fintech_resilience.requests import ResilientAdapter, _never_sent
+from fintech_resilience.retries.budget import RetryBudget
 from fintech_resilience.testing import ManualClock
 
 

@@ -12,17 +12,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from fintech_resilience import telemetry
+from fintech_resilience.core import telemetry
 from fintech_resilience.errors import (
     CircuitOpen,
     ConfigurationError,
     RetryBudgetExhausted,
     RetryError,
 )
-from fintech_resilience.retry import RetryDetails, current_attempt, retry
+from fintech_resilience.retries.core import RetryDetails, current_attempt, retry
 from fintech_resilience.testing import ManualClock, test_mode
 
-retry_module = importlib.import_module("fintech_resilience.retry")  # `fr.retry` is the decorator
+retry_module = importlib.import_module("fintech_resilience.retries.core")  # `fr.retry` is the decorator
 
 
 class Flaky:

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import tenacity
 
-from fintech_resilience import backoff
-from fintech_resilience._retry_after import parse_retry_after
 from fintech_resilience.errors import ConfigurationError, RateLimited
-from fintech_resilience.retry import Outcome, current_attempt, retry
+from fintech_resilience.retries import backoff
+from fintech_resilience.retries.core import Outcome, current_attempt, retry
+from fintech_resilience.retries.retry_after import parse_retry_after
 from fintech_resilience.testing import ManualClock
 
 
@@ -182,7 +182,7 @@ def test_retry_after_seconds_from_an_exception_attribute_is_honoured(clock: Manu
 
 
 def test_retry_after_from_a_rate_limited_decision(clock: ManualClock) -> None:
-    from fintech_resilience.ratelimit import RateLimiter
+    from fintech_resilience.ratelimit.limiter import RateLimiter
 
     limiter = RateLimiter("1/minute", name="rl-test", clock=clock)
     limiter.acquire("k")

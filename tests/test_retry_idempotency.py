@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fintech_resilience.errors import IdempotencyKeyInvalid, Timeout
-from fintech_resilience.retry import current_attempt, retry
+from fintech_resilience.retries.core import current_attempt, retry
 from fintech_resilience.testing import ManualClock
 
 

@@ -22,8 +22,8 @@ from test_asgi_ratelimit import serve_asgi
 from test_wsgi_ratelimit import serve_wsgi
 
 from fintech_resilience import wsgi
-from fintech_resilience._asgi_shedding import LoadSheddingMiddleware
-from fintech_resilience._ratelimit_http import TEMPORARY_REDUCED_CAPACITY
+from fintech_resilience.edges.asgi.shedding import LoadSheddingMiddleware
+from fintech_resilience.edges.ratelimit_http import TEMPORARY_REDUCED_CAPACITY
 from fintech_resilience.errors import ConfigurationError
 
 

@@ -19,7 +19,7 @@ def test_with_no_sdk_nothing_is_recorded_and_nothing_fails():
         import json
         from opentelemetry import trace
         import fintech_resilience as fr
-        from fintech_resilience import telemetry
+        from fintech_resilience.core import telemetry
         rl = fr.RateLimiter("2/minute", name="quiet")
         with telemetry.tracer.start_as_current_span("request") as span:
             decisions = [rl.acquire("m").allowed for _ in range(3)]
@@ -47,7 +47,7 @@ def test_with_the_sdk_each_decision_is_a_span_event_and_a_counter_point():
         metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
 
         import fintech_resilience as fr
-        from fintech_resilience import telemetry
+        from fintech_resilience.core import telemetry
         rl = fr.RateLimiter("2/minute", name="loud")
         with trace.get_tracer("app").start_as_current_span("POST /charges"):
             for _ in range(3):
@@ -82,7 +82,7 @@ def test_with_the_sdk_each_decision_is_a_span_event_and_a_counter_point():
 
 
 def test_attribute_names_live_in_one_module():
-    from fintech_resilience import telemetry
+    from fintech_resilience.core import telemetry
 
     names = [v for k, v in vars(telemetry.Attr).items() if k.isupper()]
     assert len(names) == len(set(names))

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from fintech_resilience.errors import ConfigurationError, Timeout
-from fintech_resilience.retry import retry
+from fintech_resilience.policy.deadline import time_remaining, timeout
+from fintech_resilience.retries.core import retry
 from fintech_resilience.testing import ManualClock
-from fintech_resilience.timeout import time_remaining, timeout
 
 
 async def test_async_call_is_cancelled_at_the_limit() -> None:
@@ -96,10 +96,10 @@ def test_bad_timeout() -> None:
 
 
 def test_a_standalone_timeout_reports_its_expiry(monkeypatch):
-    from fintech_resilience import telemetry
+    from fintech_resilience.core import telemetry
     from fintech_resilience.errors import Timeout as TimeoutError_
+    from fintech_resilience.policy.deadline import timeout as make_timeout
     from fintech_resilience.testing import ManualClock
-    from fintech_resilience.timeout import timeout as make_timeout
 
     seen = []
     monkeypatch.setattr(telemetry, "active", lambda: True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 
-from fintech_resilience import _keys
+from fintech_resilience.core import storage_keys as _keys
 
 
 def _draw(n: int) -> list[str]:

@@ -15,10 +15,10 @@ import servers
 from werkzeug.test import Client
 
 from fintech_resilience import MemoryBackend, RedisBackend
-from fintech_resilience._ratelimit_http import QUOTA_EXCEEDED, TEMPORARY_REDUCED_CAPACITY, Rule
-from fintech_resilience._wsgi_ratelimit import RateLimitMiddleware
+from fintech_resilience.edges.ratelimit_http import QUOTA_EXCEEDED, TEMPORARY_REDUCED_CAPACITY, Rule
+from fintech_resilience.edges.wsgi.ratelimit import RateLimitMiddleware
 from fintech_resilience.keys import principal_or_ip
-from fintech_resilience.ratelimit import RateLimiter
+from fintech_resilience.ratelimit.limiter import RateLimiter
 from fintech_resilience.testing import ManualClock
 
 var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="")

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Final, Literal, TypeAlias
 
-from .. import telemetry
+from ..core import telemetry
 from ..errors import BackendUnavailable, ConfigurationError
 
 __all__ = [

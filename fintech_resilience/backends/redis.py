@@ -33,7 +33,7 @@ from typing import Any
 import redis
 import redis.exceptions as rex
 
-from .._per_loop import PerLoop
+from ..core.per_loop import PerLoop
 from ..errors import BackendUnavailable, ConfigurationError
 from ._redis_clients import ClientFactory, factory_from_client, factory_from_url
 from ._redis_lane import Lane, evalsha_one, settings_of

@@ -1,0 +1,311 @@
+"""OpenTelemetry for every pattern: one tracer, one meter, attribute names in one place.
+
+With no OpenTelemetry SDK configured, telemetry costs one check of two module globals per
+decision: :func:`active` is false until the application installs a tracer or meter provider, and
+nothing else runs. Once an SDK is installed (at any time, also after limiters were created), each
+decision adds one event to the current span (only if that span is recording) and one point to the
+``resilience.decisions`` counter.
+
+Metric attributes are low-cardinality only (pattern, name, decision, state): never a key, a
+principal or an amount. Durations are float seconds (unit ``s``).
+
+This module is the single place of every name the library emits: attribute names (:class:`Attr`),
+span event names (:class:`Event`), span names (:class:`Span`), metric instruments
+(:class:`Metric`), and the values of ``resilience.pattern`` (:class:`Pattern`) and the common
+values of ``resilience.decision`` (:class:`Decision`). docs/telemetry.md is the table of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Final, Protocol
+
+from opentelemetry import metrics as _metrics_api
+from opentelemetry import trace as _trace
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import _internal as _metrics_internal
+
+from .._version import __version__
+
+__all__ = [
+    "INSTRUMENTATION_NAME",
+    "Attr",
+    "Decision",
+    "Event",
+    "Metric",
+    "Pattern",
+    "Span",
+    "active",
+    "call_span",
+    "emit_decision",
+    "emit_fallback",
+    "emit_retry",
+    "emit_transition",
+    "logger",
+    "meter",
+    "record_call",
+    "tracer",
+    "watch_breaker",
+]
+
+INSTRUMENTATION_NAME: Final = "fintech_resilience"
+
+logger = logging.getLogger("fintech_resilience")
+
+
+class Attr:
+    """Span, event and metric attribute names (all under ``resilience.*``, plus ``error.type``)."""
+
+    PATTERN: Final = "resilience.pattern"
+    NAME: Final = "resilience.name"
+    DECISION: Final = "resilience.decision"
+    ALGORITHM: Final = "resilience.ratelimit.algorithm"
+    POLICY: Final = "resilience.ratelimit.policy"
+    LIMIT: Final = "resilience.ratelimit.limit"
+    REMAINING: Final = "resilience.ratelimit.remaining"
+    RESET_AFTER: Final = "resilience.ratelimit.reset_after"
+    RETRY_AFTER: Final = "resilience.retry_after"
+    COST: Final = "resilience.cost"
+    SHADOW: Final = "resilience.shadow"
+    BACKEND: Final = "resilience.backend"
+    FALLBACK: Final = "resilience.backend.fallback"
+    STATE: Final = "resilience.breaker.state"
+    PREVIOUS_STATE: Final = "resilience.breaker.previous_state"
+    ATTEMPT: Final = "resilience.retry.attempt"
+    WAIT: Final = "resilience.retry.wait"
+    OUTCOME: Final = "resilience.outcome"
+    KEY_HASH: Final = "resilience.key.hash"
+    FENCING_TOKEN: Final = "resilience.idempotency.fencing_token"  # noqa: S105 - a name
+    CHAOS_FAULT: Final = "resilience.chaos.fault"
+    CHAOS_LATENCY: Final = "resilience.chaos.latency"
+    CHAOS_RULE: Final = "resilience.chaos.rule"
+    ERROR_TYPE: Final = "error.type"
+    # OpenTelemetry semantic-convention names (HTTP client attempts, chaos HTTP faults)
+    HTTP_STATUS: Final = "http.response.status_code"
+    HTTP_METHOD: Final = "http.request.method"
+    HTTP_RESEND_COUNT: Final = "http.request.resend_count"
+    SERVER_ADDRESS: Final = "server.address"
+    SERVER_PORT: Final = "server.port"
+
+
+class Event:
+    """Span event names."""
+
+    DECISION: Final = "resilience.decision"
+    BACKEND_FALLBACK: Final = "resilience.backend.fallback"
+    BREAKER_TRANSITION: Final = "resilience.breaker.transition"
+    RETRY: Final = "resilience.retry"
+    CHAOS_INJECTED: Final = "resilience.chaos.injected"
+
+
+class Span:
+    """Span names (the library's own spans: protected outbound calls)."""
+
+    RETRY_ATTEMPT: Final = "resilience.retry.attempt"
+    CALL: Final = "resilience.call"
+
+
+class Metric:
+    """Metric instrument names."""
+
+    DECISIONS: Final = "resilience.decisions"
+    BACKEND_FALLBACKS: Final = "resilience.backend.fallbacks"
+    BREAKER_TRANSITIONS: Final = "resilience.breaker.transitions"
+    BREAKER_STATE: Final = "resilience.breaker.state"
+    RETRIES: Final = "resilience.retries"
+    CALL_DURATION: Final = "resilience.call.duration"
+    CHAOS_INJECTED: Final = "resilience.chaos.injected"
+
+
+class Pattern:
+    """Values of ``resilience.pattern``."""
+
+    RATELIMIT: Final = "ratelimit"
+    CONCURRENCY: Final = "concurrency"
+    BREAKER: Final = "breaker"
+    RETRY: Final = "retry"
+    RETRY_BUDGET: Final = "retry_budget"
+    BULKHEAD: Final = "bulkhead"
+    TIMEOUT: Final = "timeout"
+    POLICY: Final = "policy"
+    IDEMPOTENCY: Final = "idempotency"
+    SHEDDING: Final = "shedding"
+    CHAOS: Final = "chaos"
+
+
+class Decision:
+    """Common values of ``resilience.decision`` (idempotency adds its claim/store outcomes)."""
+
+    ALLOW: Final = "allow"
+    DENY: Final = "deny"
+    SHADOW_DENY: Final = "shadow_deny"
+    REJECT: Final = "reject"
+    BUDGET_EXHAUSTED: Final = "budget_exhausted"
+    EXPIRED: Final = "expired"
+    SUCCESS: Final = "success"
+    FAILURE: Final = "failure"
+
+
+tracer = _trace.get_tracer(INSTRUMENTATION_NAME, __version__)
+meter = _metrics_api.get_meter(INSTRUMENTATION_NAME, __version__)
+
+decisions_counter = meter.create_counter(
+    Metric.DECISIONS, unit="{decision}", description="Decisions taken by resilience patterns"
+)
+fallbacks_counter = meter.create_counter(
+    Metric.BACKEND_FALLBACKS,
+    unit="{decision}",
+    description="Decisions taken by an on_backend_error policy because the backend failed",
+)
+transitions_counter = meter.create_counter(
+    Metric.BREAKER_TRANSITIONS, unit="{transition}",
+    description="Circuit breaker state transitions (counted once, by the process causing them)",
+)
+retries_counter = meter.create_counter(
+    Metric.RETRIES, unit="{retry}", description="Retries started (attempts after the first)"
+)
+injected_counter = meter.create_counter(
+    Metric.CHAOS_INJECTED, unit="{fault}", description="Faults injected by fintech_resilience chaos"
+)
+#: Bucket boundaries (seconds) for call durations: 1 ms .. 30 s.
+DURATION_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                           5.0, 10.0, 30.0)
+call_duration = meter.create_histogram(
+    Metric.CALL_DURATION, unit="s",
+    description="Duration of calls protected by a breaker or a policy",
+    explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+)
+
+
+def active() -> bool:
+    """True once the application installed an OpenTelemetry tracer or meter provider."""
+    return (
+        _trace._TRACER_PROVIDER is not None
+        or _metrics_internal._METER_PROVIDER is not None
+    )
+
+
+def emit_decision(
+    pattern: str, name: str, decision: str, attributes: Mapping[str, Any] | None = None
+) -> None:
+    """Count one decision and add it as an event to the current span (if recording).
+
+    Call it only when :func:`active` is true; it does the work unconditionally.
+    """
+    labels = {Attr.PATTERN: pattern, Attr.NAME: name, Attr.DECISION: decision}
+    decisions_counter.add(1, labels)
+    span = _trace.get_current_span()
+    if span.is_recording():
+        if attributes:
+            labels.update(attributes)
+        span.add_event(Event.DECISION, labels)
+
+
+def emit_fallback(pattern: str, name: str, policy: str, error: BaseException) -> None:
+    """Count one decision taken by an ``on_backend_error`` policy."""
+    labels = {
+        Attr.PATTERN: pattern,
+        Attr.NAME: name,
+        Attr.FALLBACK: policy,
+        Attr.ERROR_TYPE: type(error).__qualname__,
+    }
+    fallbacks_counter.add(1, labels)
+    span = _trace.get_current_span()
+    if span.is_recording():
+        span.add_event(Event.BACKEND_FALLBACK, labels)
+
+
+class _Breaker(Protocol):
+    name: str
+
+    @property
+    def known_state(self) -> Any: ...
+
+
+_breakers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def watch_breaker(breaker: _Breaker) -> None:
+    """Report ``breaker``'s state on the ``resilience.breaker.state`` gauge while it lives."""
+    _breakers.add(breaker)
+
+
+def _observe_breakers(options: CallbackOptions) -> Iterable[Observation]:
+    """1 for the state each breaker of this process last learned, 0 for the other states."""
+    known: dict[str, Any] = {}
+    for breaker in list(_breakers):
+        state = breaker.known_state
+        if state is not None:
+            known[breaker.name] = state
+    for name, state in sorted(known.items()):
+        for member in type(state):
+            yield Observation(1 if member is state else 0, {
+                Attr.PATTERN: Pattern.BREAKER, Attr.NAME: name, Attr.STATE: member.name})
+
+
+breaker_state_gauge = meter.create_observable_gauge(
+    Metric.BREAKER_STATE, callbacks=[_observe_breakers], unit="{state}",
+    description="1 for the state a circuit breaker is in (as this process last learned), else 0",
+)
+
+
+def emit_transition(name: str, state: str, previous: str) -> None:
+    """Count one breaker transition and add it as an event to the current span (if recording).
+
+    Call it only when :func:`active` is true, from the process that caused the transition.
+    """
+    attrs = {Attr.PATTERN: Pattern.BREAKER, Attr.NAME: name, Attr.STATE: state,
+             Attr.PREVIOUS_STATE: previous}
+    transitions_counter.add(1, attrs)
+    span = _trace.get_current_span()
+    if span.is_recording():
+        span.add_event(Event.BREAKER_TRANSITION, attrs)
+
+
+def emit_retry(name: str, attempt: int, wait: float, error: BaseException | None) -> None:
+    """Count one retry (``attempt`` failed; the next one starts after ``wait`` seconds) and add
+    a ``resilience.retry`` event to the current span. Call it only when :func:`active` is true."""
+    labels = {Attr.PATTERN: Pattern.RETRY, Attr.NAME: name}
+    retries_counter.add(1, labels)
+    span = _trace.get_current_span()
+    if span.is_recording():
+        attrs: dict[str, Any] = {**labels, Attr.ATTEMPT: attempt, Attr.WAIT: wait}
+        if error is not None:
+            attrs[Attr.ERROR_TYPE] = type(error).__qualname__
+        span.add_event(Event.RETRY, attrs)
+
+
+def record_call(pattern: str, name: str, duration: float, error: BaseException | None) -> None:
+    """One point on the ``resilience.call.duration`` histogram (seconds). Call it only when
+    :func:`active` is true."""
+    attrs = {Attr.PATTERN: pattern, Attr.NAME: name,
+             Attr.OUTCOME: Decision.SUCCESS if error is None else Decision.FAILURE}
+    if error is not None:
+        attrs[Attr.ERROR_TYPE] = type(error).__qualname__
+    call_duration.record(duration, attrs)
+
+
+@contextlib.contextmanager
+def call_span(pattern: str, name: str) -> Iterator[Any]:
+    """A ``resilience.call`` span around a protected call, and its point on the
+    ``resilience.call.duration`` histogram; marks ``resilience.outcome`` and ``error.type`` (the
+    exception propagates). Use it only when :func:`active` is true."""
+    with tracer.start_as_current_span(
+            Span.CALL, attributes={Attr.PATTERN: pattern, Attr.NAME: name},
+            record_exception=False, set_status_on_exception=False) as span:
+        started = time.perf_counter()
+        try:
+            yield span
+        except BaseException as exc:
+            record_call(pattern, name, time.perf_counter() - started, exc)
+            if span.is_recording():
+                span.set_attribute(Attr.OUTCOME, Decision.FAILURE)
+                span.set_attribute(Attr.ERROR_TYPE, type(exc).__qualname__)
+            raise
+        record_call(pattern, name, time.perf_counter() - started, None)
+        if span.is_recording():
+            span.set_attribute(Attr.OUTCOME, Decision.SUCCESS)

@@ -1,0 +1,1 @@
+"""Pure ASGI middlewares (re-exported by ``fintech_resilience.asgi``)."""

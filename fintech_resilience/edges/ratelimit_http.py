@@ -1,0 +1,440 @@
+"""Rate limiting over HTTP, once for every edge: rules, decisions -> status, fields and body.
+
+The ASGI and WSGI middlewares, the Flask extension, the FastAPI dependency and the Django
+middleware only translate a request into ``(method, path, request)`` and a :class:`Verdict` back
+into their framework's response. Everything else - which rules apply, the key, the cost, shadow
+mode, the 429/503 choice, the IETF ``RateLimit``/``RateLimit-Policy`` fields, ``Retry-After`` and
+the RFC 9457 problem body - lives here, computed from the decisions themselves (no extra round
+trip to the backend).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Generic, TypeVar
+
+from opentelemetry import trace as _trace
+
+from ..audit import log as _audit
+from ..backends.memory import MemoryBackend
+from ..core import telemetry
+from ..errors import ConfigurationError
+from ..keys import ClientKey, principal_or_ip
+from ..ratelimit.limiter import Decision, RateLimiter, field_parts
+
+__all__ = [
+    "PROBLEM_JSON",
+    "QUOTA_EXCEEDED",
+    "TEMPORARY_REDUCED_CAPACITY",
+    "RateLimitCore",
+    "RateLimitEdge",
+    "Rule",
+    "Verdict",
+    "problem",
+]
+
+PROBLEM_JSON: Final = "application/problem+json"
+#: Problem types registered by draft-ietf-httpapi-ratelimit-headers (section "Problem Types").
+QUOTA_EXCEEDED: Final = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+TEMPORARY_REDUCED_CAPACITY: Final = (
+    "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
+)
+_TITLES: Final = {
+    429: "Request cannot be satisfied as assigned quota has been exceeded",
+    503: "Request cannot be satisfied due to temporary server capacity constraints",
+}
+
+KeyFunc = Callable[[Any], "str | bytes | int | None"]
+
+
+def problem(status: int, *, type_: str = "about:blank", title: str | None = None,
+            detail: str | None = None, retry_after: float | None = None,
+            extra_headers: Iterable[tuple[str, str]] = (),
+            **members: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+    """An RFC 9457 problem response: ``(status, headers, body)``.
+
+    ``retry_after`` (seconds) becomes a ``Retry-After`` field, rounded up to whole seconds (at
+    least 1). ``members`` are extension members (``violated_policies`` -> ``violated-policies``).
+    """
+    doc: dict[str, Any] = {"type": type_, "title": title or _TITLES.get(status, "Error"),
+                           "status": status}
+    if detail:
+        doc["detail"] = detail
+    for name, value in members.items():
+        doc[name.replace("_", "-")] = value
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    headers = [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(body)))]
+    headers.extend(extra_headers)
+    if retry_after is not None and not math.isinf(retry_after):
+        headers.append(("Retry-After", str(max(1, math.ceil(retry_after)))))
+    return status, headers, body
+
+
+def limiter_policy(limiter: RateLimiter) -> str:
+    """The ``RateLimit-Policy`` field of a limiter (constant: it depends on configuration only)."""
+    return limiter.policy_field
+
+
+def ratelimit_item(rule: Rule, decision: Decision) -> str | None:
+    """The ``RateLimit`` item of one decision (None when nothing was measured), exactly as
+    ``Decision.headers()`` formats it."""
+    return decision.ratelimit_field()
+
+
+class Rule:
+    """Which requests a limiter applies to, and how each is keyed and costed.
+
+    :param limiter: the :class:`~fintech_resilience.RateLimiter` (its name labels the policy).
+    :param methods: e.g. ``("POST", "PATCH")``; default every method.
+    :param path: a path prefix (``"/payments"`` matches ``/payments`` and ``/payments/...``) or a
+        compiled regular expression (``re.compile(r"^/v1/payments/[^/]+/capture$")``).
+    :param key: ``callable(request) -> key | None`` overriding the middleware's key; ``None``
+        from it means "not limited by this rule".
+    :param cost: units per request, or ``callable(request) -> int``.
+    """
+
+    __slots__ = ("_item_bytes", "_policy", "_policy_bytes", "_sync", "cost", "key", "limiter",
+                 "methods", "path")
+
+    def __init__(self, limiter: RateLimiter, *, methods: Iterable[str] | None = None,
+                 path: str | re.Pattern[str] | None = None, key: KeyFunc | None = None,
+                 cost: int | Callable[[Any], int] = 1) -> None:
+        if not isinstance(limiter, RateLimiter):
+            raise ConfigurationError(
+                "Rule needs a RateLimiter: Rule(RateLimiter('10/second', name='payments'), ...)"
+            )
+        if isinstance(methods, str):
+            raise ConfigurationError(f"methods is a list; write methods=[{methods!r}]")
+        if path is not None and not isinstance(path, str | re.Pattern):
+            raise ConfigurationError("path is a prefix string or a compiled re.Pattern")
+        if key is not None and not callable(key):
+            raise ConfigurationError("key must be a callable(request) -> str | None")
+        if not callable(cost) and (type(cost) is not int or cost < 1):
+            raise ConfigurationError(f"cost must be a positive int or a callable; got {cost!r}")
+        self.limiter = limiter
+        self.methods = frozenset(m.upper() for m in methods) if methods is not None else None
+        self.path = path.rstrip("/") if isinstance(path, str) else path
+        self.key = key
+        self.cost = cost
+        # a limiter's RateLimit-Policy never changes: the limiter formats it once
+        self._policy = limiter.policy_field
+        # ... and as ASGI sends it; the one-limit ``RateLimit`` item as a bytes template
+        self._policy_bytes = (b"ratelimit-policy", self._policy.encode("latin-1"))
+        self._item_bytes = f'"{limiter.name}";r=%d;t=%d'.encode("latin-1")
+        # a memory backend never waits on I/O: its sync path is cheaper, also under asyncio
+        self._sync = isinstance(limiter.backend, MemoryBackend)
+
+    def matches(self, method: str, path: str) -> bool:
+        """True if the rule applies to this method and path."""
+        if self.methods is not None and method not in self.methods:
+            return False
+        p = self.path
+        if p is None:
+            return True
+        if isinstance(p, str):
+            return path == p or path.startswith(p + "/") or not p
+        return p.search(path) is not None
+
+    def __repr__(self) -> str:
+        return f"Rule({self.limiter!r}, methods={self.methods}, path={self.path!r})"
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What an edge does with a request: pass it (adding ``headers``) or answer with ``body``."""
+
+    allowed: bool
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    decisions: list[Decision] = field(default_factory=list)
+
+
+_PASS: Final = Verdict(True)
+_edge = _audit.edge_audits
+#: Who a refused request came from, for audit records, when the key function is not a ClientKey.
+_IDENTITY: Final = principal_or_ip()
+
+
+class RateLimitCore:
+    """The configuration and decision logic shared by every rate-limiting edge.
+
+    See :class:`fintech_resilience.asgi.RateLimitMiddleware` for the meaning of each option.
+    """
+
+    __slots__ = ("_encodable", "_exempt_prefixes", "_in_process", "_simple", "audit", "exempt",
+                 "headers", "headers_on_allowed", "key", "rules", "shadow")
+
+    def __init__(self, limiter: RateLimiter | None = None, *, rules: Sequence[Rule] = (),
+                 key: KeyFunc | None = None, cost: int | Callable[[Any], int] = 1,
+                 exempt_paths: Iterable[str] = (), exempt: Callable[[Any], bool] | None = None,
+                 headers: bool = True, headers_on_allowed: bool = True,
+                 shadow: bool = False, audit: _audit.AuditLog | None = None) -> None:
+        if audit is not None and not isinstance(audit, _audit.AuditLog):
+            raise ConfigurationError(f"audit must be a fintech_resilience AuditLog; got {audit!r}")
+        self.audit = audit
+        all_rules = list(rules)
+        if limiter is not None:
+            all_rules.insert(0, Rule(limiter, cost=cost))
+        if not all_rules:
+            raise ConfigurationError(
+                "give a limiter=RateLimiter('100/minute') or rules=[Rule(limiter, path=...)]"
+            )
+        if not all(isinstance(r, Rule) for r in all_rules):
+            raise ConfigurationError("rules is a list of fintech_resilience Rule objects")
+        names = [r.limiter.name for r in all_rules]
+        if len(set(names)) != len(names):
+            raise ConfigurationError(
+                f"each rule's limiter needs its own name (they label the RateLimit-Policy items);"
+                f" got {names}"
+            )
+        if key is not None and not callable(key):
+            raise ConfigurationError("key must be a callable(request) -> str | None")
+        if exempt is not None and not callable(exempt):
+            raise ConfigurationError("exempt must be a callable(request) -> bool")
+        if isinstance(exempt_paths, str):
+            raise ConfigurationError(
+                f"exempt_paths is a list; write exempt_paths=[{exempt_paths!r}]"
+            )
+        self.rules = tuple(all_rules)
+        self.key: KeyFunc = key if key is not None else principal_or_ip()
+        self.exempt = exempt
+        self._exempt_prefixes = tuple(p.rstrip("/") for p in exempt_paths)
+        self.headers = bool(headers)
+        self.headers_on_allowed = bool(headers_on_allowed)
+        self.shadow = bool(shadow)
+        self._in_process = all(rule._sync for rule in self.rules)
+        # the common case - one limiter for every request - skips matching and loops
+        only = self.rules[0]
+        self._simple = only if (
+            len(self.rules) == 1 and only.methods is None and only.path is None
+            and only.key is None and not callable(only.cost) and not self._exempt_prefixes
+            and exempt is None) else None
+        # ... and when that limiter is in process with one limit, fields on every admitted
+        # response and no shadow mode, an ASGI edge gets the fields encoded (encoded_now)
+        self._encodable = only if (
+            self._simple is not None and only.limiter._local is not None
+            and type(only.limiter).acquire is RateLimiter.acquire  # no override to bypass
+            and self.headers and self.headers_on_allowed and not self.shadow) else None
+
+    def check_now(self, method: str, path: str, request: Any) -> Verdict | None:
+        """:meth:`check` when every limiter decides in this process (memory) and no audit log
+        needs an await: an async edge then decides without a coroutine. Else None."""
+        if self._in_process and self.audit is None and _audit._DEFAULT[0] is None:
+            return self.check(method, path, request)
+        return None
+
+    def encoded_now(self, scope: Any) -> list[tuple[bytes, bytes]] | Verdict | None:
+        """:meth:`check_now` for an ASGI scope, with a shortcut for the commonest case: one
+        in-process limiter admitting, no telemetry or audit to feed - then the response fields
+        already encoded as ASGI sends them (no :class:`Verdict`, no str fields to encode)."""
+        rule = self._encodable
+        if (rule is None or self.audit is not None or _audit._DEFAULT[0] is not None
+                or telemetry.active()):
+            return self.check_now(scope["method"], scope["path"], scope)
+        key = self.key(scope)
+        if key is None:
+            return _PASS
+        limiter = rule.limiter
+        decision = limiter.acquire(key, rule.cost)  # type: ignore[arg-type]
+        raw = decision._raw
+        if raw[0]:  # admitted by the limit itself (not a limiter-level shadow)
+            item = rule._item_bytes % field_parts(limiter, raw, 0)
+            return [rule._policy_bytes, (b"ratelimit", item)]
+        return self.verdict([(rule, decision)])
+
+    def _quick(self, rule: Rule, decision: Decision) -> Verdict:
+        """The verdict of one admitted decision on the hot path (else the general one)."""
+        if (decision.allowed and not decision.shadowed and self.headers
+                and self.headers_on_allowed and not telemetry.active()):
+            return Verdict(True, 200, _fields(((rule, decision),)), b"", [decision])
+        return self.verdict([(rule, decision)])
+
+    def plan(self, method: str, path: str, request: Any) -> list[tuple[Rule, Any, int]]:
+        """The (rule, key, cost) acquisitions this request needs - pure, no I/O."""
+        for prefix in self._exempt_prefixes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return []
+        if self.exempt is not None and self.exempt(request):
+            return []
+        out = []
+        default_key: Any = ...
+        for rule in self.rules:
+            if not rule.matches(method, path):
+                continue
+            if rule.key is not None:
+                key = rule.key(request)
+            else:
+                if default_key is ...:
+                    default_key = self.key(request)
+                key = default_key
+            if key is None:
+                continue
+            cost = rule.cost(request) if callable(rule.cost) else rule.cost
+            out.append((rule, key, cost))
+        return out
+
+    def check(self, method: str, path: str, request: Any) -> Verdict:
+        """Decide (sync): acquire every matching rule in order, stop at the first refusal."""
+        if (self.audit is not None or _audit._DEFAULT[0] is not None) and not _edge.get():
+            return self._audited_check(method, path, request)
+        rule = self._simple
+        if rule is not None:
+            key = self.key(request)
+            if key is None:
+                return _PASS
+            return self._quick(rule, rule.limiter.acquire(key, rule.cost))  # type: ignore[arg-type]
+        decided: list[tuple[Rule, Decision]] = []
+        for rule, key, cost in self.plan(method, path, request):
+            decision = rule.limiter.acquire(key, cost)
+            decided.append((rule, decision))
+            if not decision.allowed:
+                break
+        return self.verdict(decided) if decided else _PASS
+
+    async def acheck(self, method: str, path: str, request: Any) -> Verdict:
+        """Async twin of :meth:`check` (memory-backed limiters decide without awaiting)."""
+        if (self.audit is not None or _audit._DEFAULT[0] is not None) and not _edge.get():
+            return await self._audited_acheck(method, path, request)
+        rule = self._simple
+        if rule is not None:
+            key = self.key(request)
+            if key is None:
+                return _PASS
+            cost: int = rule.cost  # type: ignore[assignment]
+            if rule._sync:
+                return self._quick(rule, rule.limiter.acquire(key, cost))
+            return self._quick(rule, await rule.limiter.aacquire(key, cost))
+        decided: list[tuple[Rule, Decision]] = []
+        for rule, key, cost in self.plan(method, path, request):
+            if rule._sync:
+                decision = rule.limiter.acquire(key, cost)
+            else:
+                decision = await rule.limiter.aacquire(key, cost)
+            decided.append((rule, decision))
+            if not decision.allowed:
+                break
+        return self.verdict(decided) if decided else _PASS
+
+    # -- audit (only with an AuditLog configured) ---------------------------------------------
+    def _audited_check(self, method: str, path: str, request: Any) -> Verdict:
+        token = _edge.set(True)  # the limiters leave the record to this edge
+        try:
+            verdict = self.check(method, path, request)
+        finally:
+            _edge.reset(token)
+        if not verdict.allowed:
+            log = _audit.resolve(self.audit)
+            if log is not None:
+                log.record(_audit.EventType.LIMIT_HIT, **self._refusal(request, verdict))
+        return verdict
+
+    async def _audited_acheck(self, method: str, path: str, request: Any) -> Verdict:
+        token = _edge.set(True)
+        try:
+            verdict = await self.acheck(method, path, request)
+        finally:
+            _edge.reset(token)
+        if not verdict.allowed:
+            log = _audit.resolve(self.audit)
+            if log is not None:
+                await log.arecord(_audit.EventType.LIMIT_HIT, **self._refusal(request, verdict))
+        return verdict
+
+    def _refusal(self, request: Any, verdict: Verdict) -> dict[str, Any]:
+        """The fields of a ``ratelimit.limit_hit`` record: who (principal, else ``anonymous``),
+        from where (client address), which limiter and policy."""
+        who = self.key if isinstance(self.key, ClientKey) else _IDENTITY
+        refused = verdict.decisions[-1]
+        name = refused._limiter.name
+        return {"resource": f"ratelimit:{name}", "principal": who.principal(request) or "anonymous",
+                "outcome": "failure", "origination": who.ip(request),
+                "details": {"policy": refused.policy, "status": verdict.status}}
+
+    def verdict(self, decided: list[tuple[Rule, Decision]]) -> Verdict:
+        """Translate (rule, decision) pairs into a pass (with fields) or a 429/503 problem."""
+        last = decided[-1][1]
+        refused = last if not last.allowed else None
+        shadowed = any(d.shadowed for _, d in decided)
+        if refused is not None and self.shadow:
+            shadowed, refused = True, None
+        decisions = [d for _, d in decided]
+        if telemetry.active():
+            _annotate_span(decisions, refused, shadowed)
+        if refused is None:
+            if shadowed or not (self.headers and self.headers_on_allowed):
+                return Verdict(True, decisions=decisions)
+            return Verdict(True, headers=_fields(decided), decisions=decisions)
+        label = refused.policy_label
+        if refused.fallback is not None:  # on_backend_error="deny" refused: not the client's fault
+            status, headers, body = problem(
+                503, type_=TEMPORARY_REDUCED_CAPACITY, retry_after=refused.retry_after,
+                detail="The rate limit store is unavailable; retry later.",
+                violated_policies=[label])
+            return Verdict(False, status, headers, body, decisions)
+        wait = refused.retry_after
+        detail = ("The request costs more than the policy allows in one window."
+                  if math.isinf(wait) else
+                  f"Quota exceeded; retry in {max(1, math.ceil(wait))} second(s).")
+        status, headers, body = problem(
+            429, type_=QUOTA_EXCEEDED, detail=detail, violated_policies=[label],
+            retry_after=wait,
+            extra_headers=_fields(decided) if self.headers else ())
+        return Verdict(False, status, headers, body, decisions)
+
+
+AppT = TypeVar("AppT")
+
+
+class RateLimitEdge(Generic[AppT]):
+    """What the ASGI and WSGI rate-limit middlewares share: the wrapped app and the core built
+    from their options (see :class:`fintech_resilience.asgi.RateLimitMiddleware`)."""
+
+    __slots__ = ("app", "core")
+
+    def __init__(self, app: AppT, limiter: RateLimiter | None = None, *,
+                 rules: Sequence[Rule] = (), key: KeyFunc | None = None,
+                 cost: int | Callable[[Any], int] = 1, exempt_paths: Iterable[str] = (),
+                 exempt: Callable[[Any], bool] | None = None, headers: bool = True,
+                 headers_on_allowed: bool = True, shadow: bool = False,
+                 audit: _audit.AuditLog | None = None) -> None:
+        self.app = app
+        self.core = RateLimitCore(limiter, rules=rules, key=key, cost=cost,
+                                  exempt_paths=exempt_paths, exempt=exempt, headers=headers,
+                                  headers_on_allowed=headers_on_allowed, shadow=shadow,
+                                  audit=audit)
+
+
+def _fields(decided: Sequence[tuple[Rule, Decision]]) -> list[tuple[str, str]]:
+    """``RateLimit-Policy`` and ``RateLimit`` (one List item per limiter) from the decisions."""
+    if len(decided) == 1:
+        rule, decision = decided[0]
+        item = decision.ratelimit_field()
+        if item is None:  # an on_backend_error policy decided: nothing measured
+            return [("RateLimit-Policy", rule._policy)]
+        return [("RateLimit-Policy", rule._policy), ("RateLimit", item)]
+    fields = [("RateLimit-Policy", ", ".join(rule._policy for rule, _ in decided))]
+    items = [item for _, d in decided if (item := d.ratelimit_field()) is not None]
+    if items:
+        fields.append(("RateLimit", ", ".join(items)))
+    return fields
+
+
+def _annotate_span(decisions: Sequence[Decision], refused: Decision | None,
+                   shadowed: bool) -> None:
+    span = _trace.get_current_span()
+    if not span.is_recording():
+        return
+    tight = refused or min(decisions, key=lambda d: d.remaining)
+    span.set_attributes({
+        telemetry.Attr.PATTERN: "ratelimit",
+        telemetry.Attr.DECISION: ("deny" if refused is not None
+                                  else "shadow_deny" if shadowed else "allow"),
+        telemetry.Attr.POLICY: tight.policy,
+        telemetry.Attr.REMAINING: tight.remaining,
+        telemetry.Attr.SHADOW: shadowed,
+    })

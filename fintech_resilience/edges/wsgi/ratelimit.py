@@ -1,0 +1,51 @@
+"""WSGI rate-limit middleware: the twin of the ASGI one, as a plain callable class.
+
+Re-exported as :class:`fintech_resilience.wsgi.RateLimitMiddleware`. Same options and the same
+answers (shared in ``_ratelimit_http``); the key function receives the WSGI ``environ``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..ratelimit_http import RateLimitEdge
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import (
+        StartResponse,
+        WSGIApplication,  # noqa: F401 - the base class's parameter
+        WSGIEnvironment,
+    )
+
+__all__ = ["RateLimitMiddleware"]
+
+_REASONS = {429: "429 Too Many Requests", 503: "503 Service Unavailable"}
+
+
+class RateLimitMiddleware(RateLimitEdge["WSGIApplication"]):
+    """Rate-limits WSGI requests per route, method and principal; answers 429 problem+json.
+
+    ``app.wsgi_app = RateLimitMiddleware(app.wsgi_app, limiter=..., key=...)``. Options as for
+    :class:`fintech_resilience.asgi.RateLimitMiddleware`; ``key``, ``cost`` and ``exempt``
+    receive the ``environ``. Decisions use the limiter's sync path (one backend call per rule).
+    """
+
+    __slots__ = ()
+
+    def __call__(self, environ: WSGIEnvironment,
+                 start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        verdict = self.core.check(environ.get("REQUEST_METHOD", "GET"), path or "/", environ)
+        if not verdict.allowed:
+            start_response(_REASONS.get(verdict.status, str(verdict.status)), verdict.headers)
+            return [verdict.body]
+        if not verdict.headers:
+            return self.app(environ, start_response)
+        extra = verdict.headers
+
+        def start_with_fields(status: str, headers: list[tuple[str, str]],
+                              exc_info: Any = None) -> Callable[[bytes], object]:
+            return start_response(status, [*headers, *extra], exc_info)
+
+        return self.app(environ, start_with_fields)

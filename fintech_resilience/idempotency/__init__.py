@@ -1,0 +1,8 @@
+"""Idempotency keys: the :class:`IdempotencyStore` and ``@idempotent`` (``store``), the pure
+record format (``record``) and encryption at rest (``crypto``)."""
+
+from .crypto import AesGcmCipher, Cipher
+from .store import IdempotencyContext, IdempotencyStore, current_idempotency, idempotent
+
+__all__ = ["AesGcmCipher", "Cipher", "IdempotencyContext", "IdempotencyStore",
+           "current_idempotency", "idempotent"]

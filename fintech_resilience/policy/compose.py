@@ -1,0 +1,243 @@
+"""Policy: the patterns composed in one fixed, documented order.
+
+For every call::
+
+    rate limit -> bulkhead -> retry loop -> (each attempt) breaker -> timeout -> call
+
+* the **rate limit** is checked once per call (a retry is not a new request from the user), and
+  refuses with :class:`~fintech_resilience.RateLimited`;
+* the **bulkhead** slot is held for the whole call, retries and waits included, so a retry storm
+  cannot take more than ``max_concurrent`` slots; full -> :class:`BulkheadFull`;
+* the **retry** loop runs the attempts; every attempt passes the **breaker** - an OPEN breaker
+  raises :class:`~fintech_resilience.CircuitOpen`, which ends the retry loop at once - and the
+  **timeout**, which is capped at the time left before the retry deadline.
+
+Every part is optional. The breaker is used only through the context-manager protocol
+(``with breaker:`` / ``async with breaker:``), so any object that raises ``CircuitOpen`` on
+entry and records the outcome on exit fits (:class:`~fintech_resilience.CircuitBreaker` does).
+
+As a context manager (``with policy:`` / ``async with policy:``) the same order applies, minus
+the retry: a ``with`` block cannot be run again.
+
+Telemetry (with an OpenTelemetry SDK installed): each :meth:`Policy.call` / :meth:`Policy.acall`
+runs in a ``resilience.call`` span and adds a point to the ``resilience.call.duration`` histogram
+(seconds); an attempt that overruns its timeout adds a ``timeout`` / ``expired`` decision
+(emitted by the timeout itself, also outside a Policy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, runtime_checkable
+
+from ..core import storage_keys as _keys
+from ..core import telemetry
+from ..core.decorate import around_calls
+from ..errors import ConfigurationError, RateLimited
+from ..ratelimit.limiter import RateLimiter
+from ..retries.core import Retry, current_attempt
+from .bulkhead import Bulkhead
+from .deadline import TimeLimit
+
+__all__ = ["BreakerLike", "Policy"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+KeyArg = str | bytes | int
+
+
+@runtime_checkable
+class BreakerLike(Protocol):
+    """What a Policy needs from a circuit breaker: a sync and an async context manager."""
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Any: ...
+
+
+class Policy:
+    """Rate limit, bulkhead, retry, breaker and timeout around a call, in that order.
+
+    :param name: names the policy (and is the default rate-limit key).
+    :param rate_limit: a :class:`~fintech_resilience.RateLimiter`, checked once per call.
+    :param rate_key: the rate-limit key: a constant or ``(*args, **kwargs) -> key``
+        (default: ``name``).
+    :param bulkhead: a :class:`~fintech_resilience.Bulkhead` held for the whole call.
+    :param retry: a :func:`~fintech_resilience.retry` policy for the attempts.
+    :param breaker: a :class:`~fintech_resilience.CircuitBreaker` (or anything following
+        :class:`BreakerLike`) every attempt passes.
+    :param timeout: seconds per attempt (or a :func:`~fintech_resilience.timeout`), capped at the
+        retry deadline's time left.
+    """
+
+    def __init__(self, *, name: str = "default", rate_limit: RateLimiter | None = None,
+                 rate_key: Callable[..., KeyArg] | KeyArg | None = None,
+                 bulkhead: Bulkhead | None = None, retry: Retry | None = None,
+                 breaker: BreakerLike | None = None,
+                 timeout: float | TimeLimit | None = None) -> None:
+        self.name = _keys.validate_name(name)
+        if rate_limit is not None and not hasattr(rate_limit, "acquire"):
+            raise ConfigurationError(f"rate_limit must be a fr.RateLimiter; got {rate_limit!r}")
+        if bulkhead is not None and not isinstance(bulkhead, Bulkhead):
+            raise ConfigurationError(
+                f"bulkhead must be a fr.Bulkhead (e.g. fr.Bulkhead(20)); got {bulkhead!r}")
+        if retry is not None and not isinstance(retry, Retry):
+            raise ConfigurationError(
+                f"retry must be built with fr.retry(...); got {retry!r}")
+        if breaker is not None and not isinstance(breaker, BreakerLike):
+            raise ConfigurationError(
+                f"breaker must be a fr.CircuitBreaker (a sync and async context manager);"
+                f" got {breaker!r}")
+        if timeout is not None and not isinstance(timeout, TimeLimit):
+            timeout = TimeLimit(timeout, name=self.name)
+        self.rate_limit = rate_limit
+        self.bulkhead = bulkhead
+        self.retry = retry
+        self.breaker = breaker
+        self.timeout = timeout
+        key = self.name if rate_key is None else rate_key
+        self._key_of: Callable[..., KeyArg] = (
+            key if callable(key) else (lambda *_a, **_k: key))
+        self._active: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
+            f"fr.policy.{self.name}", default=())
+
+    def _seconds(self) -> float:
+        """The attempt's time limit: the timeout, capped by the retry deadline's time left."""
+        assert self.timeout is not None
+        seconds = self.timeout.seconds
+        attempt = current_attempt()
+        left = attempt.remaining() if attempt is not None else None
+        return seconds if left is None else max(min(seconds, left), 1e-6)
+
+    # --- one attempt: breaker -> timeout -> call ------------------------------------------
+
+    @contextlib.contextmanager
+    def _attempt(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            if self.breaker is not None:
+                stack.enter_context(cast(contextlib.AbstractContextManager[Any], self.breaker))
+            if self.timeout is not None:
+                stack.enter_context(self.timeout.limit(self._seconds()))
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _aattempt(self) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if self.breaker is not None:
+                await stack.enter_async_context(
+                    cast(contextlib.AbstractAsyncContextManager[Any], self.breaker))
+            if self.timeout is not None:
+                await stack.enter_async_context(self.timeout.alimit(self._seconds()))
+            yield
+
+    # --- the whole call: rate limit -> bulkhead -> (retry) ------------------------------------
+
+    @contextlib.contextmanager
+    def _outer(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[None]:
+        if self.rate_limit is not None:
+            decision = self.rate_limit.acquire(self._key_of(*args, **kwargs))
+            if not decision.allowed:
+                raise RateLimited(decision)
+        with self.bulkhead.hold() if self.bulkhead is not None else contextlib.nullcontext():
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _aouter(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[None]:
+        if self.rate_limit is not None:
+            decision = await self.rate_limit.aacquire(self._key_of(*args, **kwargs))
+            if not decision.allowed:
+                raise RateLimited(decision)
+        if self.bulkhead is None:
+            yield
+            return
+        async with self.bulkhead.ahold():
+            yield
+
+    def call(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
+        """Call ``fn(*args, **kwargs)`` under the policy (sync)."""
+        if not telemetry.active():
+            return self._call(fn, args, kwargs)
+        with telemetry.call_span(telemetry.Pattern.POLICY, self.name):
+            return self._call(fn, args, kwargs)
+
+    def _call(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        def attempt(*a: Any, **k: Any) -> R:
+            with self._attempt():
+                return fn(*a, **k)
+
+        with self._outer(args, kwargs):
+            if self.retry is None:
+                return attempt(*args, **kwargs)
+            return self.retry.call(attempt, *args, **kwargs)
+
+    async def acall(self, fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any) -> R:
+        """Await ``fn(*args, **kwargs)`` under the policy (async)."""
+        if not telemetry.active():
+            return await self._acall(fn, args, kwargs)
+        with telemetry.call_span(telemetry.Pattern.POLICY, self.name):
+            return await self._acall(fn, args, kwargs)
+
+    async def _acall(self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> R:
+        async def attempt(*a: Any, **k: Any) -> R:
+            async with self._aattempt():
+                return await fn(*a, **k)
+
+        async with self._aouter(args, kwargs):
+            if self.retry is None:
+                return await attempt(*args, **kwargs)
+            return await self.retry.acall(attempt, *args, **kwargs)
+
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """Decorate a function or a coroutine function."""
+        return around_calls(fn, self.call, self.acall)
+
+    # --- as a context manager (no retry: a block cannot run twice) ---------------------------
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Rate limit, bulkhead, breaker and timeout around a ``with`` block (no retry)."""
+        with self._outer((), {}), self._attempt():
+            yield
+
+    @contextlib.asynccontextmanager
+    async def aguard(self) -> AsyncIterator[None]:
+        """Async twin of :meth:`guard`."""
+        async with self._aouter((), {}), self._aattempt():
+            yield
+
+    def __enter__(self) -> Policy:
+        cm = self.guard()
+        cm.__enter__()
+        self._active.set((*self._active.get(), cm))
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        stack = self._active.get()
+        self._active.set(stack[:-1])
+        return cast(contextlib.AbstractContextManager[None], stack[-1]).__exit__(*exc)
+
+    async def __aenter__(self) -> Policy:
+        cm = self.aguard()
+        await cm.__aenter__()
+        self._active.set((*self._active.get(), cm))
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        stack = self._active.get()
+        self._active.set(stack[:-1])
+        return await cast(contextlib.AbstractAsyncContextManager[None], stack[-1]).__aexit__(*exc)
+
+    def __repr__(self) -> str:
+        parts = [f"name={self.name!r}"] + [
+            f"{label}={value!r}" for label, value in (
+                ("rate_limit", self.rate_limit), ("bulkhead", self.bulkhead),
+                ("retry", self.retry), ("breaker", self.breaker), ("timeout", self.timeout))
+            if value is not None]
+        return f"Policy({', '.join(parts)})"
