@@ -85,6 +85,7 @@ def _install() -> tuple[Sdk, Callable[[], None]]:
     meter_provider = MeterProvider(metric_readers=[reader])
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
+    assert telemetry.refresh()  # noticed now, not within telemetry.CHECK_INTERVAL
 
     def uninstall() -> None:
         trace._TRACER_PROVIDER = None
@@ -104,7 +105,7 @@ def _install() -> tuple[Sdk, Callable[[], None]]:
                         value._real_tracer = None
         tracer_provider.shutdown()
         meter_provider.shutdown()
-        assert not telemetry.active()
+        assert not telemetry.refresh()
 
     return Sdk(spans, reader, tracer_provider.get_tracer("tests")), uninstall
 

@@ -11,10 +11,10 @@ from fintech_resilience.testing import ManualClock
 def test_a_million_distinct_keys_stay_inside_the_bound():
     backend = MemoryBackend(max_keys=10_000)
     rl = RateLimiter("5/second", backend=backend, name="flood")
-    run, keys_for = backend.run, rl._request
+    run = backend.bind("ratelimit_gcra")
+    args = (0, 1, 200_000.0, 1_000_000.0)  # 5/second, as the limiter sends it
     for i in range(1_000_000):
-        keys, args = keys_for(i, 1)
-        run("ratelimit_gcra", keys, args)
+        run([f"fr:rl.gcra:{{flood:{i}}}:0"], args)
         if i % 50_000 == 0:
             assert len(backend) <= 10_000
     assert len(backend) <= 10_000

@@ -79,52 +79,23 @@ def test_concurrency_leases_identical_on_memory_and_redis(backend_pair, ops):
         clock.advance(advance_ms / 1000)
 
 
-@settings(max_examples=100, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    interval=st.one_of(st.sampled_from([1.0, 10.0, 1000.0, 1e6, 100 / 3, 1e6 / 7]),
-                       st.floats(min_value=0.5, max_value=1e9, allow_nan=False)),
-    burst=st.integers(min_value=1, max_value=8),
-    # cost, then advance the clock: by whole intervals +- a few microseconds (where the
-    # 1-microsecond tolerance decides), or by anything up to 50 minutes
-    steps=st.lists(st.tuples(st.integers(min_value=1, max_value=10),
-                             st.integers(min_value=0, max_value=3),
-                             st.integers(min_value=-3, max_value=3),
-                             st.one_of(st.none(), st.integers(min_value=0, max_value=3 * 10**9))),
-                   min_size=1, max_size=30),
-)
-def test_the_one_limit_gcra_script_answers_as_the_general_one(backend_pair, interval, burst,
-                                                               steps):
-    """``ratelimit_gcra1`` (one limit) and ``ratelimit_gcra`` give the same replies and leave
-    the same state, step by step, on the same Redis."""
-    _, redis = backend_pair
-    n = next(_names)
-    one, general = f"fr:t:{{g1-{n}}}:k", f"fr:t:{{gn-{n}}}:k"
-    now = 1_700_000_000_000_000
-    tau = repr(interval * burst)
-    for cost, intervals, delta, far in steps:
-        args = (now, cost, repr(interval), tau)
-        assert redis.run("ratelimit_gcra1", [one], args) == redis.run(
-            "ratelimit_gcra", [general], args)
-        assert redis.client.get(one) == redis.client.get(general)  # type: ignore[attr-defined]
-        now += far if far is not None else max(0, round(intervals * interval) + delta)
-
-
-def test_the_one_limit_gcra_script_agrees_at_the_conformance_boundary(backend_pair):
+def test_memory_and_redis_gcra_agree_at_the_conformance_boundary(backend_pair):
     """Exhaust the bucket, then step the clock to a few microseconds around the moment the
-    next request conforms (where the 1-microsecond tolerance decides): both scripts agree."""
-    _, redis = backend_pair
+    next request conforms (where the 1-microsecond tolerance decides): the memory twin and the
+    Lua script agree, for one limit and for two combined."""
+    memory, redis = backend_pair
     for interval in (1.0, 10.0, 1000.0, 100 / 3, 1e6 / 7):
         for burst in (1, 3):
             for cost in (1, 2):
                 n = next(_names)
-                keys = {"ratelimit_gcra1": f"fr:t:{{b1-{n}}}:k",
-                        "ratelimit_gcra": f"fr:t:{{bn-{n}}}:k"}
+                keys = [f"fr:t:{{b-{n}}}:k", f"fr:t:{{b-{n}}}:wide"][:1 + (burst == 3)]
                 now = 1_700_000_000_000_000
-                args = (repr(interval), repr(interval * burst))
+                args = (repr(interval), repr(interval * burst),
+                        repr(interval * 2), repr(interval * 2 * burst))[:2 * len(keys)]
                 refused = 0
                 for step in range(12):
-                    replies = [redis.run(s, [k], (now, cost, *args)) for s, k in keys.items()]
+                    replies = [b.run("ratelimit_gcra", keys, (now, cost, *args))
+                               for b in (memory, redis)]
                     assert replies[0] == replies[1], (interval, burst, cost, step)
                     if not replies[0][0]:  # refused: wait until 2 us before it would conform
                         refused += 1

@@ -247,18 +247,3 @@ def test_a_prepacked_evalsha_refuses_bools_and_none() -> None:
         evalsha_one("0" * 40, "k", ConstantArgs((True,)))
     with pytest.raises(TypeError):
         evalsha_one("0" * 40, "k", ConstantArgs((None,)))
-
-
-async def test_decisions_at_cost_one_send_the_prepacked_command(redis_url: str) -> None:
-    rl = _limiter(redis_url)
-    try:
-        assert rl._request("k", 1)[1] is rl._constant_args  # cost 1 on the server's clock
-        assert type(rl._request("k", 2)[1]) is tuple  # other costs: a tuple per call
-        first = await rl.aacquire("k")
-        assert rl._constant_args.encoded is not None  # the lane encoded it once
-        heavier = await rl.aacquire("k", cost=5)
-        again = await rl.aacquire("k")
-        assert (first.remaining, heavier.remaining, again.remaining) == (999, 994, 993)
-        assert (await rl.aacquire("other")).remaining == 999
-    finally:
-        await rl.backend.aclose()

@@ -22,7 +22,7 @@ from fintech_resilience.errors import (
 from fintech_resilience.retries.core import RetryDetails, current_attempt, retry
 from fintech_resilience.testing import ManualClock, test_mode
 
-retry_module = importlib.import_module("fintech_resilience.retries.core")  # `fr.retry` is the decorator
+retry_module = importlib.import_module("fintech_resilience.retries.core")
 
 
 class Flaky:
@@ -273,3 +273,19 @@ def test_wrapper_keeps_the_function_metadata() -> None:
     assert charge.__doc__ == "Charge a card."
     assert charge(100) == 100
     assert "attempts=3" in repr(retry())
+
+
+def test_replace_keeps_every_other_option_and_validates_the_change(clock: ManualClock) -> None:
+    seen: list[int] = []
+    base = retry(on=ValueError, attempts=4, wait=0.0, name="psp", clock=clock,
+                 before_sleep=lambda details: seen.append(details.attempt))
+    fewer = base.replace(attempts=2)
+    assert (fewer.attempts, fewer.name, fewer.clock, base.attempts) == (2, "psp", clock, 4)
+    with pytest.raises(ValueError):  # the last attempt's error, after two attempts
+        fewer.call(Flaky(5, ValueError))
+    assert seen == [1]  # the hook and the exception rule came along; only attempts changed
+    assert fewer.is_retryable(ValueError()) and not fewer.is_retryable(KeyError())
+    with pytest.raises(ConfigurationError, match="no option"):
+        base.replace(retries=2)
+    with pytest.raises(ConfigurationError, match="attempts"):
+        base.replace(attempts=0)

@@ -90,3 +90,35 @@ def test_attribute_names_live_in_one_module():
     semconv = {"error.type", "http.response.status_code", "http.request.method",
                "http.request.resend_count", "server.address", "server.port"}
     assert all(n.startswith("resilience.") or n in semconv for n in names), names
+
+
+def test_an_sdk_installed_after_decisions_is_noticed_within_the_check_interval():
+    """No provider at the first decision; one installed later is seen once the check interval
+    has passed (the clock is driven, not slept), or at once through refresh()."""
+    result = run("""
+        import json
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        import fintech_resilience as fr
+        from fintech_resilience.core import telemetry
+        from fintech_resilience.testing import ManualClock
+        clock = ManualClock(100.0)
+        telemetry._providers.clock = clock.monotonic
+        rl = fr.RateLimiter("5/minute", name="late")
+        rl.acquire("m")
+        before = telemetry.active()
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        rl.acquire("m")
+        within = telemetry.active()
+        clock.advance(telemetry.CHECK_INTERVAL)
+        rl.acquire("m")
+        after = telemetry.active()
+        points = [p.value for rm in reader.get_metrics_data().resource_metrics
+                  for sm in rm.scope_metrics for m in sm.metrics
+                  if m.name == telemetry.Metric.DECISIONS for p in m.data.data_points]
+        print(json.dumps({"before": before, "within": within, "after": after,
+                          "points": points}))
+    """)
+    assert result == {"before": False, "within": False, "after": True, "points": [1]}

@@ -5,7 +5,7 @@ between every worker and host through Redis (standalone, Sentinel or Cluster).
 """
 
 from .base import ON_BACKEND_ERROR_CHOICES, Backend, BackendGuard, OnBackendError
-from .memory import MemoryBackend
+from .memory import MemoryBackend, default_backend
 from .redis import RedisBackend
 
 __all__ = [
@@ -15,4 +15,5 @@ __all__ = [
     "MemoryBackend",
     "OnBackendError",
     "RedisBackend",
+    "default_backend",
 ]

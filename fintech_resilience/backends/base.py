@@ -18,8 +18,9 @@ Conventions every script follows:
 from __future__ import annotations
 
 import abc
+import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, TypeAlias
 
 from ..core import telemetry
@@ -32,12 +33,15 @@ __all__ = [
     "Arg",
     "Backend",
     "BackendGuard",
+    "BoundOp",
     "Fallback",
     "LocalReply",
     "OnBackendError",
 ]
 
 Arg: TypeAlias = int | float | str | bytes
+#: An operation with its script fixed: ``op(keys, args) -> reply`` (see :meth:`Backend.bind`).
+BoundOp: TypeAlias = Callable[[Sequence[str], Sequence[Arg]], Any]
 OnBackendError: TypeAlias = Literal["allow", "deny", "local", "raise"]
 ON_BACKEND_ERROR_CHOICES: Final = ("allow", "deny", "local", "raise")
 
@@ -47,6 +51,9 @@ class Backend(abc.ABC):
 
     #: Short name used in telemetry (``"memory"``, ``"redis"``).
     kind: str = "backend"
+    #: False for a backend that never raises :class:`~fintech_resilience.BackendUnavailable`
+    #: (the in-process one): patterns then call it without their ``on_backend_error`` guard.
+    can_fail: bool = True
 
     @abc.abstractmethod
     def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -58,6 +65,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def arun(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Async twin of :meth:`run`."""
+
+    def bind(self, script: str) -> BoundOp:
+        """:meth:`run` with ``script`` fixed, for a caller that runs it again and again. A backend
+        may prepare the operation once here (the memory backend binds it to its store and lock);
+        unknown scripts may be refused here rather than on the first call."""
+        return functools.partial(self.run, script)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. The backend must not be used afterwards."""
@@ -138,6 +151,12 @@ class BackendGuard:
                 if self._local is None:
                     self._local = MemoryBackend()
         return self._local
+
+    def bind(self, script: str) -> BoundOp:
+        """:meth:`run` with ``script`` fixed; a backend that cannot fail is called directly."""
+        if not self.backend.can_fail:
+            return self.backend.bind(script)
+        return functools.partial(self.run, script)
 
     def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Run on the backend; on failure, apply the policy (see the class docstring)."""

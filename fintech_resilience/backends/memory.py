@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import ConfigurationError
-from .base import Arg, Backend
+from .base import Arg, Backend, BoundOp
 from .memory_ops import MemoryOp, load_ops
 
 __all__ = ["MemoryBackend", "MemoryStore", "default_backend"]
@@ -125,6 +125,7 @@ class MemoryBackend(Backend):
     """
 
     kind = "memory"
+    can_fail = False
 
     def __init__(self, *, max_keys: int = 100_000, clock: Any = None) -> None:
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
@@ -157,14 +158,30 @@ class MemoryBackend(Backend):
     def __len__(self) -> int:
         return len(self.store)
 
-    def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    def _op(self, script: str) -> MemoryOp:
         try:
-            op = self._ops[script]
+            return self._ops[script]
         except KeyError:
             raise ConfigurationError(f"unknown backend operation {script!r}") from None
+
+    def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        op = self._op(script)
         now = args[0] or self.now_us()
         with self.lock:
             return op(self.store, keys, args, now)  # type: ignore[arg-type]  # ARGV[1] is int
+
+    def bind(self, script: str) -> BoundOp:
+        """The operation bound to this backend's store, lock and clock (no lookup per call)."""
+        op, store, lock, clock = self._op(script), self.store, self.lock, self.clock
+        time_ns = time.time_ns
+
+        def run(keys: Sequence[str], args: Sequence[Arg]) -> Any:
+            now = args[0] or (time_ns() // 1000 if clock is None
+                              else round(clock.time() * 1_000_000))
+            with lock:
+                return op(store, keys, args, now)  # type: ignore[arg-type]  # ARGV[1] is int
+
+        return run
 
     async def arun(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         return self.run(script, keys, args)

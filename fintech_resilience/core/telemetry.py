@@ -1,10 +1,11 @@
 """OpenTelemetry for every pattern: one tracer, one meter, attribute names in one place.
 
-With no OpenTelemetry SDK configured, telemetry costs one check of two module globals per
-decision: :func:`active` is false until the application installs a tracer or meter provider, and
-nothing else runs. Once an SDK is installed (at any time, also after limiters were created), each
-decision adds one event to the current span (only if that span is recording) and one point to the
-``resilience.decisions`` counter.
+With no OpenTelemetry SDK configured, telemetry costs one clock read per decision: :func:`active`
+is false until the application installs a tracer or meter provider, and nothing else runs. It
+asks OpenTelemetry's API at the first decision and then at most once a second while no provider
+is installed, so an SDK installed later (also after limiters were created) is noticed within a
+second (:func:`refresh` asks at once). From then on each decision adds one event to the current
+span (only if that span is recording) and one point to the ``resilience.decisions`` counter.
 
 Metric attributes are low-cardinality only (pattern, name, decision, state): never a key, a
 principal or an amount. Durations are float seconds (unit ``s``).
@@ -27,7 +28,6 @@ from typing import Any, Final, Protocol
 from opentelemetry import metrics as _metrics_api
 from opentelemetry import trace as _trace
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.metrics import _internal as _metrics_internal
 
 from .._version import __version__
 
@@ -48,6 +48,7 @@ __all__ = [
     "logger",
     "meter",
     "record_call",
+    "refresh",
     "tracer",
     "watch_breaker",
 ]
@@ -181,12 +182,47 @@ call_duration = meter.create_histogram(
 )
 
 
+#: Seconds between two questions to OpenTelemetry's API while no provider is installed.
+CHECK_INTERVAL: Final = 1.0
+
+
+class _Providers:
+    """Whether the application installed a tracer or meter provider, as last asked."""
+
+    __slots__ = ("clock", "installed", "next_check")
+
+    def __init__(self) -> None:
+        self.installed = False
+        self.next_check = 0.0
+        self.clock = time.monotonic
+
+
+_providers = _Providers()
+
+
 def active() -> bool:
-    """True once the application installed an OpenTelemetry tracer or meter provider."""
-    return (
-        _trace._TRACER_PROVIDER is not None
-        or _metrics_internal._METER_PROVIDER is not None
-    )
+    """True once the application installed an OpenTelemetry tracer or meter provider.
+
+    OpenTelemetry's API answers that in about a microsecond, more than a decision costs, so it is
+    asked at most once every :data:`CHECK_INTERVAL` seconds while no provider is installed. Once
+    one is, the answer stays true: OpenTelemetry does not let an installed provider be replaced.
+    """
+    if _providers.installed:
+        return True
+    if _providers.clock() < _providers.next_check:
+        return False
+    return refresh()
+
+
+def refresh() -> bool:
+    """Ask OpenTelemetry now whether a tracer or meter provider is installed (tests that install
+    one and expect the very next decision to be traced call this first); returns the answer."""
+    tracing = not isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
+    # the API's stand-in meter provider has nothing to shut down; every real one does
+    metering = callable(getattr(_metrics_api.get_meter_provider(), "shutdown", None))
+    _providers.installed = tracing or metering
+    _providers.next_check = _providers.clock() + CHECK_INTERVAL
+    return _providers.installed
 
 
 def emit_decision(

@@ -214,24 +214,19 @@ class OutboundCore:
     def _derive(self, base: Retry, *, idempotent: bool) -> Retry:
         """The policy's retry, taught HTTP: FAILURE outcomes are retried, the idempotency key is
         the request's header, and connection failures before sending count as never sent."""
-        user_on, user_never_sent = base._retry_exc, base._never_sent
         classify = self.classifier.classify
         never_sent = self._never_sent
 
         def retry_on(exc: BaseException) -> bool:
             return isinstance(exc, FailedResponse) or classify(
-                Outcome(exception=exc)) is Verdict.FAILURE or user_on(exc)
+                Outcome(exception=exc)) is Verdict.FAILURE or base.is_retryable(exc)
 
         def key_of(plan: Plan, *_args: Any, **_kwargs: Any) -> str | None:
             return plan.key
 
-        return Retry(on=retry_on, on_result=base._on_result, attempts=base.attempts,
-                     wait=base.wait, deadline=base.deadline, stop=base.stop, budget=base.budget,
-                     respect_retry_after=base.respect_retry_after,
-                     max_retry_after=base.max_retry_after, retry_after=base.retry_after,
-                     idempotent=idempotent, idempotency_key=key_of,
-                     never_sent=lambda exc: never_sent(exc) or user_never_sent(exc),
-                     before_sleep=base.before_sleep, name=base.name, clock=base.clock)
+        return base.replace(
+            on=retry_on, idempotent=idempotent, idempotency_key=key_of, key_argument=None,
+            never_sent=lambda exc: never_sent(exc) or base.was_never_sent(exc))
 
     def _route(self, host: str, port: int | None) -> _Route | None:
         cached = self._cache.get((host, port), False)
@@ -310,7 +305,7 @@ class OutboundCore:
                 plan.pending = None
             outcome: Outcome
             try:
-                with _attempt_of(plan.policy), self._span(plan) as span:
+                with plan.policy.attempt(), self._span(plan) as span:
                     try:
                         outcome = Outcome(send())
                     except Exception as exc:
@@ -326,7 +321,7 @@ class OutboundCore:
             return outcome.result
 
         try:
-            with _outer_of(plan.policy, request):
+            with plan.policy.admission((request,), {}):
                 if plan.retry is None:
                     return attempt(plan)
                 return plan.retry.call(attempt, plan)
@@ -352,7 +347,7 @@ class OutboundCore:
                 plan.pending = None
             outcome: Outcome
             try:
-                async with _aattempt_of(plan.policy):
+                async with plan.policy.aattempt():
                     with self._span(plan) as span:
                         try:
                             outcome = Outcome(await send())
@@ -369,7 +364,7 @@ class OutboundCore:
             return outcome.result
 
         try:
-            async with _aouter_of(plan.policy, request):
+            async with plan.policy.aadmission((request,), {}):
                 if plan.retry is None:
                     return await attempt(plan)
                 return await plan.retry.acall(attempt, plan)
@@ -382,32 +377,6 @@ class OutboundCore:
                 await close(plan.pending)
                 plan.pending = None
             raise
-
-
-# The policy's own steps, skipped when it has nothing to do in them (the success path is hot).
-_NOTHING: Final = contextlib.nullcontext()
-
-
-def _outer_of(policy: Policy, request: Any) -> contextlib.AbstractContextManager[Any]:
-    if policy.rate_limit is None and policy.bulkhead is None:
-        return _NOTHING
-    return policy._outer((request,), {})
-
-
-def _aouter_of(policy: Policy, request: Any) -> contextlib.AbstractAsyncContextManager[Any]:
-    if policy.rate_limit is None and policy.bulkhead is None:
-        return _NOTHING
-    return policy._aouter((request,), {})
-
-
-def _attempt_of(policy: Policy) -> contextlib.AbstractContextManager[Any]:
-    return _NOTHING if policy.breaker is None and policy.timeout is None else policy._attempt()
-
-
-def _aattempt_of(policy: Policy) -> contextlib.AbstractAsyncContextManager[Any]:
-    if policy.breaker is None and policy.timeout is None:
-        return _NOTHING
-    return policy._aattempt()
 
 
 @contextlib.contextmanager

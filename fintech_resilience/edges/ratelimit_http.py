@@ -11,7 +11,6 @@ trip to the backend).
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,11 +19,11 @@ from typing import Any, Final, Generic, TypeVar
 from opentelemetry import trace as _trace
 
 from ..audit import log as _audit
-from ..backends.memory import MemoryBackend
 from ..core import telemetry
 from ..errors import ConfigurationError
 from ..keys import ClientKey, principal_or_ip
-from ..ratelimit.limiter import Decision, RateLimiter, field_parts
+from ..ratelimit.decision import Decision, retry_after_field
+from ..ratelimit.limiter import RateLimiter
 
 __all__ = [
     "PROBLEM_JSON",
@@ -69,20 +68,10 @@ def problem(status: int, *, type_: str = "about:blank", title: str | None = None
     body = json.dumps(doc, separators=(",", ":")).encode()
     headers = [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(body)))]
     headers.extend(extra_headers)
-    if retry_after is not None and not math.isinf(retry_after):
-        headers.append(("Retry-After", str(max(1, math.ceil(retry_after)))))
+    value = None if retry_after is None else retry_after_field(retry_after)
+    if value is not None:
+        headers.append(("Retry-After", value))
     return status, headers, body
-
-
-def limiter_policy(limiter: RateLimiter) -> str:
-    """The ``RateLimit-Policy`` field of a limiter (constant: it depends on configuration only)."""
-    return limiter.policy_field
-
-
-def ratelimit_item(rule: Rule, decision: Decision) -> str | None:
-    """The ``RateLimit`` item of one decision (None when nothing was measured), exactly as
-    ``Decision.headers()`` formats it."""
-    return decision.ratelimit_field()
 
 
 class Rule:
@@ -97,8 +86,7 @@ class Rule:
     :param cost: units per request, or ``callable(request) -> int``.
     """
 
-    __slots__ = ("_item_bytes", "_policy", "_policy_bytes", "_sync", "cost", "key", "limiter",
-                 "methods", "path")
+    __slots__ = ("_sync", "cost", "key", "limiter", "methods", "path")
 
     def __init__(self, limiter: RateLimiter, *, methods: Iterable[str] | None = None,
                  path: str | re.Pattern[str] | None = None, key: KeyFunc | None = None,
@@ -120,13 +108,8 @@ class Rule:
         self.path = path.rstrip("/") if isinstance(path, str) else path
         self.key = key
         self.cost = cost
-        # a limiter's RateLimit-Policy never changes: the limiter formats it once
-        self._policy = limiter.policy_field
-        # ... and as ASGI sends it; the one-limit ``RateLimit`` item as a bytes template
-        self._policy_bytes = (b"ratelimit-policy", self._policy.encode("latin-1"))
-        self._item_bytes = f'"{limiter.name}";r=%d;t=%d'.encode("latin-1")
-        # a memory backend never waits on I/O: its sync path is cheaper, also under asyncio
-        self._sync = isinstance(limiter.backend, MemoryBackend)
+        # an in-process backend never waits on I/O: its sync path serves asyncio callers too
+        self._sync = not limiter.backend.can_fail
 
     def matches(self, method: str, path: str) -> bool:
         """True if the rule applies to this method and path."""
@@ -166,8 +149,8 @@ class RateLimitCore:
     See :class:`fintech_resilience.asgi.RateLimitMiddleware` for the meaning of each option.
     """
 
-    __slots__ = ("_encodable", "_exempt_prefixes", "_in_process", "_simple", "audit", "exempt",
-                 "headers", "headers_on_allowed", "key", "rules", "shadow")
+    __slots__ = ("_exempt_prefixes", "_in_process", "_simple", "audit", "exempt", "headers",
+                 "headers_on_allowed", "key", "rules", "shadow")
 
     def __init__(self, limiter: RateLimiter | None = None, *, rules: Sequence[Rule] = (),
                  key: KeyFunc | None = None, cost: int | Callable[[Any], int] = 1,
@@ -214,45 +197,13 @@ class RateLimitCore:
             len(self.rules) == 1 and only.methods is None and only.path is None
             and only.key is None and not callable(only.cost) and not self._exempt_prefixes
             and exempt is None) else None
-        # ... and when that limiter is in process with one limit, fields on every admitted
-        # response and no shadow mode, an ASGI edge gets the fields encoded (encoded_now)
-        self._encodable = only if (
-            self._simple is not None and only.limiter._local is not None
-            and type(only.limiter).acquire is RateLimiter.acquire  # no override to bypass
-            and self.headers and self.headers_on_allowed and not self.shadow) else None
 
     def check_now(self, method: str, path: str, request: Any) -> Verdict | None:
         """:meth:`check` when every limiter decides in this process (memory) and no audit log
         needs an await: an async edge then decides without a coroutine. Else None."""
-        if self._in_process and self.audit is None and _audit._DEFAULT[0] is None:
+        if self._in_process and self.audit is None and _audit.get_default() is None:
             return self.check(method, path, request)
         return None
-
-    def encoded_now(self, scope: Any) -> list[tuple[bytes, bytes]] | Verdict | None:
-        """:meth:`check_now` for an ASGI scope, with a shortcut for the commonest case: one
-        in-process limiter admitting, no telemetry or audit to feed - then the response fields
-        already encoded as ASGI sends them (no :class:`Verdict`, no str fields to encode)."""
-        rule = self._encodable
-        if (rule is None or self.audit is not None or _audit._DEFAULT[0] is not None
-                or telemetry.active()):
-            return self.check_now(scope["method"], scope["path"], scope)
-        key = self.key(scope)
-        if key is None:
-            return _PASS
-        limiter = rule.limiter
-        decision = limiter.acquire(key, rule.cost)  # type: ignore[arg-type]
-        raw = decision._raw
-        if raw[0]:  # admitted by the limit itself (not a limiter-level shadow)
-            item = rule._item_bytes % field_parts(limiter, raw, 0)
-            return [rule._policy_bytes, (b"ratelimit", item)]
-        return self.verdict([(rule, decision)])
-
-    def _quick(self, rule: Rule, decision: Decision) -> Verdict:
-        """The verdict of one admitted decision on the hot path (else the general one)."""
-        if (decision.allowed and not decision.shadowed and self.headers
-                and self.headers_on_allowed and not telemetry.active()):
-            return Verdict(True, 200, _fields(((rule, decision),)), b"", [decision])
-        return self.verdict([(rule, decision)])
 
     def plan(self, method: str, path: str, request: Any) -> list[tuple[Rule, Any, int]]:
         """The (rule, key, cost) acquisitions this request needs - pure, no I/O."""
@@ -280,14 +231,14 @@ class RateLimitCore:
 
     def check(self, method: str, path: str, request: Any) -> Verdict:
         """Decide (sync): acquire every matching rule in order, stop at the first refusal."""
-        if (self.audit is not None or _audit._DEFAULT[0] is not None) and not _edge.get():
+        if (self.audit is not None or _audit.get_default() is not None) and not _edge.get():
             return self._audited_check(method, path, request)
         rule = self._simple
         if rule is not None:
             key = self.key(request)
             if key is None:
                 return _PASS
-            return self._quick(rule, rule.limiter.acquire(key, rule.cost))  # type: ignore[arg-type]
+            return self.verdict([(rule, rule.limiter.acquire(key, rule.cost))])  # type: ignore[arg-type]
         decided: list[tuple[Rule, Decision]] = []
         for rule, key, cost in self.plan(method, path, request):
             decision = rule.limiter.acquire(key, cost)
@@ -298,7 +249,7 @@ class RateLimitCore:
 
     async def acheck(self, method: str, path: str, request: Any) -> Verdict:
         """Async twin of :meth:`check` (memory-backed limiters decide without awaiting)."""
-        if (self.audit is not None or _audit._DEFAULT[0] is not None) and not _edge.get():
+        if (self.audit is not None or _audit.get_default() is not None) and not _edge.get():
             return await self._audited_acheck(method, path, request)
         rule = self._simple
         if rule is not None:
@@ -307,8 +258,8 @@ class RateLimitCore:
                 return _PASS
             cost: int = rule.cost  # type: ignore[assignment]
             if rule._sync:
-                return self._quick(rule, rule.limiter.acquire(key, cost))
-            return self._quick(rule, await rule.limiter.aacquire(key, cost))
+                return self.verdict([(rule, rule.limiter.acquire(key, cost))])
+            return self.verdict([(rule, await rule.limiter.aacquire(key, cost))])
         decided: list[tuple[Rule, Decision]] = []
         for rule, key, cost in self.plan(method, path, request):
             if rule._sync:
@@ -350,8 +301,8 @@ class RateLimitCore:
         from where (client address), which limiter and policy."""
         who = self.key if isinstance(self.key, ClientKey) else _IDENTITY
         refused = verdict.decisions[-1]
-        name = refused._limiter.name
-        return {"resource": f"ratelimit:{name}", "principal": who.principal(request) or "anonymous",
+        return {"resource": f"ratelimit:{refused.name}",
+                "principal": who.principal(request) or "anonymous",
                 "outcome": "failure", "origination": who.ip(request),
                 "details": {"policy": refused.policy, "status": verdict.status}}
 
@@ -377,9 +328,9 @@ class RateLimitCore:
                 violated_policies=[label])
             return Verdict(False, status, headers, body, decisions)
         wait = refused.retry_after
+        seconds = retry_after_field(wait)
         detail = ("The request costs more than the policy allows in one window."
-                  if math.isinf(wait) else
-                  f"Quota exceeded; retry in {max(1, math.ceil(wait))} second(s).")
+                  if seconds is None else f"Quota exceeded; retry in {seconds} second(s).")
         status, headers, body = problem(
             429, type_=QUOTA_EXCEEDED, detail=detail, violated_policies=[label],
             retry_after=wait,
@@ -415,9 +366,9 @@ def _fields(decided: Sequence[tuple[Rule, Decision]]) -> list[tuple[str, str]]:
         rule, decision = decided[0]
         item = decision.ratelimit_field()
         if item is None:  # an on_backend_error policy decided: nothing measured
-            return [("RateLimit-Policy", rule._policy)]
-        return [("RateLimit-Policy", rule._policy), ("RateLimit", item)]
-    fields = [("RateLimit-Policy", ", ".join(rule._policy for rule, _ in decided))]
+            return [("RateLimit-Policy", rule.limiter.policy_field)]
+        return [("RateLimit-Policy", rule.limiter.policy_field), ("RateLimit", item)]
+    fields = [("RateLimit-Policy", ", ".join(rule.limiter.policy_field for rule, _ in decided))]
     items = [item for _, d in decided if (item := d.ratelimit_field()) is not None]
     if items:
         fields.append(("RateLimit", ", ".join(items)))

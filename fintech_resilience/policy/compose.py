@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, ParamSpec, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, Final, ParamSpec, Protocol, TypeVar, cast, runtime_checkable
 
 from ..core import storage_keys as _keys
 from ..core import telemetry
@@ -46,6 +46,10 @@ __all__ = ["BreakerLike", "Policy"]
 P = ParamSpec("P")
 R = TypeVar("R")
 KeyArg = str | bytes | int
+
+
+#: The stage of a policy that has nothing to do in it (a reusable, re-entrant no-op).
+_NOTHING: Final = contextlib.nullcontext()
 
 
 @runtime_checkable
@@ -115,7 +119,34 @@ class Policy:
         left = attempt.remaining() if attempt is not None else None
         return seconds if left is None else max(min(seconds, left), 1e-6)
 
-    # --- one attempt: breaker -> timeout -> call ------------------------------------------
+    # --- the stages, for drivers that run their own retry loop (the HTTP transports) -------
+
+    def admission(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+                  ) -> contextlib.AbstractContextManager[None]:
+        """The once-per-call stages around the attempts: rate limit, then bulkhead (held until
+        the block ends). ``args``/``kwargs`` are the call's, for the rate-limit key."""
+        if self.rate_limit is None and self.bulkhead is None:
+            return _NOTHING
+        return self._admission(args, kwargs)
+
+    def aadmission(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+                   ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Async twin of :meth:`admission`."""
+        if self.rate_limit is None and self.bulkhead is None:
+            return _NOTHING
+        return self._aadmission(args, kwargs)
+
+    def attempt(self) -> contextlib.AbstractContextManager[None]:
+        """The per-attempt stages: breaker, then timeout (capped by the retry deadline)."""
+        if self.breaker is None and self.timeout is None:
+            return _NOTHING
+        return self._attempt()
+
+    def aattempt(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Async twin of :meth:`attempt`."""
+        if self.breaker is None and self.timeout is None:
+            return _NOTHING
+        return self._aattempt()
 
     @contextlib.contextmanager
     def _attempt(self) -> Iterator[None]:
@@ -136,10 +167,8 @@ class Policy:
                 await stack.enter_async_context(self.timeout.alimit(self._seconds()))
             yield
 
-    # --- the whole call: rate limit -> bulkhead -> (retry) ------------------------------------
-
     @contextlib.contextmanager
-    def _outer(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[None]:
+    def _admission(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[None]:
         if self.rate_limit is not None:
             decision = self.rate_limit.acquire(self._key_of(*args, **kwargs))
             if not decision.allowed:
@@ -148,7 +177,8 @@ class Policy:
             yield
 
     @contextlib.asynccontextmanager
-    async def _aouter(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[None]:
+    async def _aadmission(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+                          ) -> AsyncIterator[None]:
         if self.rate_limit is not None:
             decision = await self.rate_limit.aacquire(self._key_of(*args, **kwargs))
             if not decision.allowed:
@@ -168,10 +198,10 @@ class Policy:
 
     def _call(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         def attempt(*a: Any, **k: Any) -> R:
-            with self._attempt():
+            with self.attempt():
                 return fn(*a, **k)
 
-        with self._outer(args, kwargs):
+        with self.admission(args, kwargs):
             if self.retry is None:
                 return attempt(*args, **kwargs)
             return self.retry.call(attempt, *args, **kwargs)
@@ -186,10 +216,10 @@ class Policy:
     async def _acall(self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> R:
         async def attempt(*a: Any, **k: Any) -> R:
-            async with self._aattempt():
+            async with self.aattempt():
                 return await fn(*a, **k)
 
-        async with self._aouter(args, kwargs):
+        async with self.aadmission(args, kwargs):
             if self.retry is None:
                 return await attempt(*args, **kwargs)
             return await self.retry.acall(attempt, *args, **kwargs)
@@ -203,13 +233,13 @@ class Policy:
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
         """Rate limit, bulkhead, breaker and timeout around a ``with`` block (no retry)."""
-        with self._outer((), {}), self._attempt():
+        with self.admission((), {}), self.attempt():
             yield
 
     @contextlib.asynccontextmanager
     async def aguard(self) -> AsyncIterator[None]:
         """Async twin of :meth:`guard`."""
-        async with self._aouter((), {}), self._aattempt():
+        async with self.aadmission((), {}), self.aattempt():
             yield
 
     def __enter__(self) -> Policy:

@@ -188,6 +188,8 @@ class Retry:
         before_sleep: Callable[[RetryDetails], None] | None = None, name: str | None = None,
         clock: Clock | None = None,
     ) -> None:
+        # the options as given, for replace() (locals() holds exactly the parameters here)
+        self._options = {name: value for name, value in locals().items() if name != "self"}
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ConfigurationError(
                 f"attempts must be an int >= 1 (1 = no retries); got {attempts!r}")
@@ -243,6 +245,23 @@ class Retry:
         self._on_result = on_result
         self._keyed = idempotency_key is not None or key_argument is not None
         self._mono = time.monotonic if self.clock is SYSTEM_CLOCK else self.clock.monotonic
+
+    def replace(self, **changes: Any) -> Retry:
+        """A new policy with the same options as this one, but for ``changes`` (the names of
+        :func:`~fintech_resilience.retry`'s parameters)."""
+        unknown = sorted(set(changes) - set(self._options))
+        if unknown:
+            raise ConfigurationError(f"Retry has no option {', '.join(unknown)}")
+        return Retry(**{**self._options, **changes})
+
+    def is_retryable(self, exc: BaseException) -> bool:
+        """True if this policy's ``on`` rule retries after ``exc``."""
+        return self._retry_exc(exc)
+
+    def was_never_sent(self, exc: BaseException) -> bool:
+        """True if ``exc`` means the request never left (``never_sent``): safe to retry even
+        when the operation is not idempotent."""
+        return self._never_sent(exc)
 
     # --- the pure decision core -----------------------------------------------------------
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import time as _time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import memory_op
 
 if TYPE_CHECKING:
-    from ..memory import MemoryBackend, MemoryStore
+    from ..memory import MemoryStore
 
 
 def _ceil_ms_us(us: float) -> int:
@@ -18,105 +17,55 @@ def _ceil_ms_us(us: float) -> int:
     return math.ceil(us / 1000) * 1000
 
 
-@memory_op("ratelimit_gcra1")  # the one-limit script: the same operation
+def gcra_limit(store: MemoryStore, key: str, now_us: int, cost: float, interval: float,
+               tau: float, admit: bool = True) -> list[int]:
+    """One GCRA limit: ``[allowed, retry_after_us, remaining, reset_after_us]``, the TAT
+    advanced if the cost conforms and ``admit`` is true (false only checks).
+
+    A key lives until 1 s past its TAT, in whole milliseconds (as the script's ``PX``), so an
+    expired entry's TAT is behind ``now`` and reads as no state.
+    """
+    now = float(now_us)
+    entry = store.data.get(key)
+    tat = now if entry is None or entry[0] < now else entry[0]
+    increment = interval * cost
+    if increment > tau:
+        allowed, retry = 0, -1
+    else:
+        # 1 microsecond of tolerance absorbs the rounding of fractional emission intervals
+        wait = (tat - now) + increment - tau
+        if wait >= 1.0:
+            allowed, retry = 0, math.floor(wait + 0.5)
+        else:
+            allowed, retry = 1, 0
+            if admit:
+                tat += increment
+                ttl = (math.ceil((tat - now) / 1000) + 1000) * 1000
+                if entry is None:
+                    store.set(key, tat, ttl, now_us)
+                else:
+                    entry[0] = tat
+                    entry[1] = now_us + ttl
+    remaining = math.floor((tau - (tat - now)) / interval + 1e-6)
+    return [allowed, retry, remaining if remaining > 0 else 0, math.floor(tat - now + 0.5)]
+
+
 @memory_op("ratelimit_gcra")
 def gcra(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: int) -> list[int]:
-    now = float(now_us)
     cost = float(args[1])
-    entries = [store.entry(key, now_us) for key in keys]
-    tats: list[float] = []
-    allowed = 1
-    retry = 0.0
-    for i, entry in enumerate(entries):
-        interval = float(args[2 * i + 2])
-        tau = float(args[2 * i + 3])
-        tat = entry[0] if entry is not None else 0.0
-        if tat < now:
-            tat = now
-        tats.append(tat)
-        increment = interval * cost
-        if increment > tau:
-            allowed = 0
-            retry = -1.0
-        else:
-            # 1 microsecond of tolerance absorbs the rounding of fractional emission intervals
-            wait = (tat - now) + increment - tau
-            if wait >= 1:
-                allowed = 0
-                if retry >= 0 and wait > retry:
-                    retry = wait
-    out = [allowed, math.floor(retry + 0.5) if retry > 0 else (-1 if retry < 0 else 0)]
-    for i, entry in enumerate(entries):
-        interval = float(args[2 * i + 2])
-        tau = float(args[2 * i + 3])
-        tat = tats[i]
-        if allowed:
-            tat = tat + interval * cost
-            ttl = (math.ceil((tat - now) / 1000) + 1000) * 1000
-            if entry is None:
-                store.set(keys[i], tat, ttl, now_us)
-            else:
-                entry[0] = tat
-                entry[1] = now_us + ttl
-        remaining = math.floor((tau - (tat - now)) / interval + 1e-6)
-        out.append(remaining if remaining > 0 else 0)
-        out.append(math.floor(tat - now + 0.5))
+    if len(keys) == 1:
+        return gcra_limit(store, keys[0], now_us, cost, float(args[2]), float(args[3]))
+    # several limits, all or nothing: check every one, then admit at each if all conform
+    limits = [(key, float(args[2 * i + 2]), float(args[2 * i + 3])) for i, key in enumerate(keys)]
+    replies = [gcra_limit(store, key, now_us, cost, t, tau, admit=False) for key, t, tau in limits]
+    allowed = all(reply[0] for reply in replies)
+    if allowed:
+        replies = [gcra_limit(store, key, now_us, cost, t, tau) for key, t, tau in limits]
+    waits = [reply[1] for reply in replies]
+    out = [int(allowed), -1 if -1 in waits else max(waits)]
+    for reply in replies:
+        out += reply[2:]
     return out
-
-
-def gcra_one_bound(backend: MemoryBackend, interval: float, tau: float,
-                   now_us: Callable[[], int] | None) -> Callable[[str, int], list[int]]:
-    """``ratelimit_gcra`` for one limit on ``backend``, bound to its store and lock.
-
-    The same reply as ``backend.run("ratelimit_gcra", [key], (0, cost, interval, tau))``, minus
-    the script dispatch, the argument packing and the loops: the memory default's hottest path,
-    kept flat (no helper calls) on purpose. ``now_us`` overrides the backend's clock (a
-    limiter's ManualClock).
-
-    Liberties invisible in replies: a key is kept until one second after its TAT (whole
-    milliseconds are for Redis); an expired entry is not deleted first - its TAT is behind
-    ``now`` (every expiry is after its TAT), which reads exactly as no state, and an admitted
-    decision overwrites it in place; real time is ``time.time()`` in microseconds with its
-    fraction (a caller's clock gives whole microseconds, as Redis ``TIME`` does).
-    ``math.floor`` stands for Lua's, also where ``int()`` would do (it is the cheaper call).
-    """
-    store = backend.store
-    data_get = store.data.get
-    acquire, release = backend.lock.acquire, backend.lock.release
-    clock = backend.clock_for(now_us)
-    time = _time.time
-    floor = math.floor
-
-    def decide(key: str, cost: int) -> list[int]:
-        now = time() * 1_000_000.0 if clock is None else float(clock())
-        increment = interval * cost
-        acquire()
-        try:
-            entry = data_get(key)
-            tat = entry[0] if entry is not None else now
-            if tat < now:
-                tat = now
-            if increment > tau:
-                allowed, retry = 0, -1
-            else:
-                wait = (tat - now) + increment - tau
-                if wait >= 1.0:
-                    allowed, retry = 0, floor(wait + 0.5)
-                else:
-                    allowed, retry = 1, 0
-                    tat = tat + increment
-                    if entry is None:
-                        now_us = floor(now)
-                        store.set(key, tat, floor(tat) - now_us + 1_000_001, now_us)
-                    else:
-                        entry[0] = tat
-                        entry[1] = floor(tat) + 1_000_001
-        finally:
-            release()
-        remaining = floor((tau - (tat - now)) / interval + 1e-6)
-        return [allowed, retry, remaining if remaining > 0 else 0, floor(tat - now + 0.5)]
-
-    return decide
 
 
 @memory_op("ratelimit_sliding_window")

@@ -52,21 +52,18 @@ class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
             await self.app(scope, receive, send)
             return
         core = self.core
-        verdict = core.encoded_now(scope)
-        if isinstance(verdict, list):  # admitted in process: the fields come encoded
-            extra = verdict
-        else:
-            if verdict is None:
-                verdict = await core.acheck(scope["method"], scope["path"], scope)
-            if not verdict.allowed:
-                await send({"type": "http.response.start", "status": verdict.status,
-                            "headers": encode_fields(verdict.headers)})
-                await send({"type": "http.response.body", "body": verdict.body})
-                return
-            if not verdict.headers:
-                await self.app(scope, receive, send)
-                return
-            extra = encode_fields(verdict.headers)
+        verdict = core.check_now(scope["method"], scope["path"], scope)
+        if verdict is None:
+            verdict = await core.acheck(scope["method"], scope["path"], scope)
+        if not verdict.allowed:
+            await send({"type": "http.response.start", "status": verdict.status,
+                        "headers": encode_fields(verdict.headers)})
+            await send({"type": "http.response.body", "body": verdict.body})
+            return
+        if not verdict.headers:
+            await self.app(scope, receive, send)
+            return
+        extra = encode_fields(verdict.headers)
 
         def send_with_fields(message: Message) -> Awaitable[None]:
             # a plain function returning send's awaitable: no coroutine of its own per message
