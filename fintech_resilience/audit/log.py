@@ -37,7 +37,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
@@ -59,42 +59,10 @@ from .record import (
     chain_hash,
     stream_key,
 )
-from .verify import (
-    CHAIN_BREAK,
-    HASH_MISMATCH,
-    HEAD_MISMATCH,
-    NOT_A_RECORD,
-    BrokenEntry,
-    VerifyReport,
-    verify_cli,
-    verify_stream,
-)
+from .verify import VerifyReport, verify_stream
 
-__all__ = [
-    "CHAIN_BREAK",
-    "DEFAULT_STREAM_TTL",
-    "HASH_MISMATCH",
-    "HEAD_MISMATCH",
-    "MAX_FIELD_CHARS",
-    "NOT_A_RECORD",
-    "AuditLog",
-    "AuditRecord",
-    "BrokenEntry",
-    "CallbackSink",
-    "EventType",
-    "LoggingSink",
-    "RedisStreamSink",
-    "Sink",
-    "VerifyReport",
-    "chain_hash",
-    "emit_soon",
-    "get_default",
-    "resolve",
-    "set_default",
-    "stream_key",
-    "verify_cli",
-    "verify_stream",
-]
+__all__ = ["AuditLog", "CallbackSink", "EventType", "LoggingSink", "RedisStreamSink", "Sink",
+           "edge_audits", "emit_soon", "get_default", "resolve", "set_default"]
 
 @runtime_checkable
 class Sink(Protocol):
@@ -362,20 +330,9 @@ class AuditLog:
 
     def emit(self, rec: AuditRecord) -> AuditRecord:
         """Hand a built record (see :meth:`build`) to every sink; return it."""
-        errors: list[BaseException] = []
-        for i, sink in enumerate(self.sinks):
-            try:
-                sink.emit(rec)
-            except ConfigurationError:
-                raise
-            except Exception as exc:  # a failing sink must not stop the others
-                errors.append(exc)
-                self._sink_failed(i, sink, rec, exc)
-            else:
-                self._sink_ok(i, sink)
-        if errors and self.on_sink_error == "raise":
-            raise errors[0]
-        return rec
+        failures = [self._settle(i, sink, rec, _delivered(sink.emit, rec))
+                    for i, sink in enumerate(self.sinks)]
+        return self._emitted(rec, failures)
 
     async def arecord(self, event_type: str, *, resource: str, principal: str | None = None,
                       outcome: Outcome | bool = "success", origination: str | None = None,
@@ -387,17 +344,21 @@ class AuditLog:
 
     async def aemit(self, rec: AuditRecord) -> AuditRecord:
         """Async twin of :meth:`emit`."""
-        errors: list[BaseException] = []
-        for i, sink in enumerate(self.sinks):
-            try:
-                await sink.aemit(rec)
-            except ConfigurationError:
-                raise
-            except Exception as exc:  # a failing sink must not stop the others
-                errors.append(exc)
-                self._sink_failed(i, sink, rec, exc)
-            else:
-                self._sink_ok(i, sink)
+        failures = [self._settle(i, sink, rec, await _adelivered(sink.aemit, rec))
+                    for i, sink in enumerate(self.sinks)]
+        return self._emitted(rec, failures)
+
+    def _settle(self, index: int, sink: Sink, rec: AuditRecord,
+                error: Exception | None) -> Exception | None:
+        """Note a sink's success or failure (logged once per transition); return the error."""
+        if error is None:
+            self._sink_ok(index, sink)
+        else:
+            self._sink_failed(index, sink, rec, error)
+        return error
+
+    def _emitted(self, rec: AuditRecord, failures: list[Exception | None]) -> AuditRecord:
+        errors = [e for e in failures if e is not None]
         if errors and self.on_sink_error == "raise":
             raise errors[0]
         return rec
@@ -434,6 +395,30 @@ def set_default(log: AuditLog | None) -> None:
     if log is not None and not isinstance(log, AuditLog):
         raise ConfigurationError(f"set_default needs an AuditLog or None; got {log!r}")
     _DEFAULT[0] = log
+
+
+def _delivered(emit: Callable[[AuditRecord], object], rec: AuditRecord) -> Exception | None:
+    """Call a sink; its error, if any (a failing sink must not stop the others). A
+    ConfigurationError is the caller's mistake and propagates."""
+    try:
+        emit(rec)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        return exc
+    return None
+
+
+async def _adelivered(aemit: Callable[[AuditRecord], Awaitable[object]],
+                      rec: AuditRecord) -> Exception | None:
+    """Async twin of :func:`_delivered`."""
+    try:
+        await aemit(rec)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        return exc
+    return None
 
 
 def get_default() -> AuditLog | None:

@@ -369,31 +369,32 @@ class Injector:
 
         return self.engine.decide(matches)
 
+    def _plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+              ) -> tuple[float, Rule | None] | None:
+        """What to inject into this call, decided without waiting: ``(delay, failing rule)``,
+        or None when nothing fires."""
+        fired = self._decide(args, kwargs)
+        if not fired:
+            return None
+        return self.engine.latency(fired), self.engine.failure(fired)
+
     def check(self, *args: Any, **kwargs: Any) -> None:
         """Inject for one call with these arguments: wait and/or raise. No-op when disabled."""
-        if not self.engine.on:
-            return
-        fired = self._decide(args, kwargs)
-        if fired:
-            delay = self.engine.latency(fired)
-            if delay:
-                self._sleep(delay)
-            failing = self.engine.failure(fired)
-            if failing is not None:
-                raise failing.make_exception()
+        plan = self._plan(args, kwargs) if self.engine.on else None
+        if plan is not None:
+            if plan[0]:
+                self._sleep(plan[0])
+            if plan[1] is not None:
+                raise plan[1].make_exception()
 
     async def acheck(self, *args: Any, **kwargs: Any) -> None:
         """Async twin of :meth:`check` (waits with ``asyncio.sleep``)."""
-        if not self.engine.on:
-            return
-        fired = self._decide(args, kwargs)
-        if fired:
-            delay = self.engine.latency(fired)
-            if delay:
-                await self._asleep(delay)
-            failing = self.engine.failure(fired)
-            if failing is not None:
-                raise failing.make_exception()
+        plan = self._plan(args, kwargs) if self.engine.on else None
+        if plan is not None:
+            if plan[0]:
+                await self._asleep(plan[0])
+            if plan[1] is not None:
+                raise plan[1].make_exception()
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Wrap ``fn``; while disabled the wrapper costs one attribute check."""

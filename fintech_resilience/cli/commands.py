@@ -446,7 +446,7 @@ def _check(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _audit(args: argparse.Namespace, out: TextIO) -> int:
-    from ..audit.log import verify_cli
+    from ..audit.verify import verify_cli
 
     rest = list(args.rest)
     if not rest or rest[0] != "verify":

@@ -171,9 +171,36 @@ class _Call:
 
 
 class Retry:
-    """A retry policy; use it as a decorator (sync or async) or with :meth:`call` / :meth:`acall`.
+    """Retry a sync or async callable on transient failures: ``@fr.retry(...)`` (this class)
+    decorates a function, :meth:`call` / :meth:`acall` run one.
 
-    Build it with :func:`retry`, which documents every option.
+    :param on: exception types (or a tuple, or a predicate ``(exc) -> bool``) worth retrying.
+        Default ``(ConnectionError, TimeoutError)``. ``CircuitOpen`` and
+        ``RetryBudgetExhausted`` are never retried.
+    :param on_result: ``(result) -> bool``; True retries (e.g. a 503 response). Giving up on a
+        result raises :class:`~fintech_resilience.RetryError` with ``last`` = the result.
+    :param attempts: total attempts including the first (default 3).
+    :param wait: a wait strategy (default ``fr.full_jitter(initial=0.1, maximum=5)``), any
+        tenacity wait, a callable ``(RetryCallState) -> seconds`` or a constant in seconds.
+    :param deadline: seconds from the first attempt's start after which no retry starts; a
+        wait that would end past it gives up instead of sleeping (default 30; None = none).
+    :param stop: an extra tenacity stop strategy (e.g. ``tenacity.stop_after_delay(5)``).
+    :param budget: a :class:`~fintech_resilience.RetryBudget` every retry must be granted by.
+    :param respect_retry_after: wait at least the failure's Retry-After (default True), capped
+        at ``max_retry_after`` seconds (default 60).
+    :param retry_after: hook ``(Outcome) -> seconds | header text | None`` that finds the hint;
+        default: ``exc.retry_after``, ``exc.response.headers["Retry-After"]``, ``result.headers``.
+    :param idempotent: False marks an operation that must not run twice: it is attempted once
+        unless the call carries an idempotency key (or the failure is in ``never_sent``).
+    :param idempotency_key: ``"auto"`` (a UUID4 per call) or ``(*args, **kwargs) -> key``.
+        The key is decided once per call; every attempt sees the same key.
+    :param key_argument: name of a keyword argument carrying the key: a value the caller passed
+        is the key; otherwise the decided key is passed to the function under that name.
+    :param never_sent: failures that prove the request never left (default
+        ``ConnectionRefusedError``): safe to retry even without a key.
+    :param before_sleep: hook called with :class:`RetryDetails` before each retry.
+    :param name: shown in telemetry (default ``"retry"``).
+    :param clock: time source for the deadline and sleeps (tests: ``ManualClock``).
     """
 
     def __init__(
@@ -502,51 +529,7 @@ def _end_span(span: Span, outcome: Outcome) -> None:
                            else type(outcome.exception).__qualname__)
 
 
-def retry(
-    *, on: ExceptionSpec = (ConnectionError, TimeoutError),
-    on_result: Callable[[Any], bool] | None = None, attempts: int = 3,
-    wait: Callable[[RetryCallState], float] | float | None = None,
-    deadline: float | None = 30.0, stop: Callable[[RetryCallState], bool] | None = None,
-    budget: RetryBudget | None = None, respect_retry_after: bool = True,
-    max_retry_after: float = 60.0, retry_after: Callable[[Outcome], Any] | None = None,
-    idempotent: bool = True, idempotency_key: KeySpec = None, key_argument: str | None = None,
-    never_sent: ExceptionSpec = (ConnectionRefusedError,),
-    before_sleep: Callable[[RetryDetails], None] | None = None, name: str | None = None,
-    clock: Clock | None = None,
-) -> Retry:
-    """Retry a sync or async callable on transient failures.
+#: ``fr.retry(...)`` builds a :class:`Retry` (the lower-case name reads well as a decorator).
+retry = Retry
 
-    :param on: exception types (or a tuple, or a predicate ``(exc) -> bool``) worth retrying.
-        Default ``(ConnectionError, TimeoutError)``. ``CircuitOpen`` and
-        ``RetryBudgetExhausted`` are never retried.
-    :param on_result: ``(result) -> bool``; True retries (e.g. a 503 response). Giving up on a
-        result raises :class:`~fintech_resilience.RetryError` with ``last`` = the result.
-    :param attempts: total attempts including the first (default 3).
-    :param wait: a wait strategy (default ``fr.full_jitter(initial=0.1, maximum=5)``), any
-        tenacity wait, a callable ``(RetryCallState) -> seconds`` or a constant in seconds.
-    :param deadline: seconds from the first attempt's start after which no retry starts; a
-        wait that would end past it gives up instead of sleeping (default 30; None = none).
-    :param stop: an extra tenacity stop strategy (e.g. ``tenacity.stop_after_delay(5)``).
-    :param budget: a :class:`~fintech_resilience.RetryBudget` every retry must be granted by.
-    :param respect_retry_after: wait at least the failure's Retry-After (default True), capped
-        at ``max_retry_after`` seconds (default 60).
-    :param retry_after: hook ``(Outcome) -> seconds | header text | None`` that finds the hint;
-        default: ``exc.retry_after``, ``exc.response.headers["Retry-After"]``, ``result.headers``.
-    :param idempotent: False marks an operation that must not run twice: it is attempted once
-        unless the call carries an idempotency key (or the failure is in ``never_sent``).
-    :param idempotency_key: ``"auto"`` (a UUID4 per call) or ``(*args, **kwargs) -> key``.
-        The key is decided once per call; every attempt sees the same key.
-    :param key_argument: name of a keyword argument carrying the key: a value the caller passed
-        is the key; otherwise the decided key is passed to the function under that name.
-    :param never_sent: failures that prove the request never left (default
-        ``ConnectionRefusedError``): safe to retry even without a key.
-    :param before_sleep: hook called with :class:`RetryDetails` before each retry.
-    :param name: shown in telemetry (default ``"retry"``).
-    :param clock: time source for the deadline and sleeps (tests: ``ManualClock``).
-    """
-    return Retry(on=on, on_result=on_result, attempts=attempts, wait=wait, deadline=deadline,
-                 stop=stop, budget=budget, respect_retry_after=respect_retry_after,
-                 max_retry_after=max_retry_after, retry_after=retry_after, idempotent=idempotent,
-                 idempotency_key=idempotency_key, key_argument=key_argument,
-                 never_sent=never_sent, before_sleep=before_sleep, name=name, clock=clock)
 
