@@ -10,7 +10,7 @@
 ...     policies={"api.psp.example": policy, "*": fr.Policy(name="other")},
 ...     generate_idempotency_key=True))
 
-What the transports do (the decisions live in :mod:`fintech_resilience._outbound`, shared with
+What the transports do (the decisions live in ``fintech_resilience.edges.outbound``, shared with
 the requests adapter): per-host policy; 5xx/429/connection errors/timeouts are failures (retried,
 counted by the breaker), other 4xx are neutral; POST and PATCH are retried only under an
 ``Idempotency-Key`` that stays the same on every attempt; ``Retry-After`` is honoured (capped by
@@ -50,13 +50,23 @@ def _never_sent(exc: BaseException) -> bool:
     return isinstance(exc, NEVER_SENT)
 
 
-def _core(policy: Policy | None, policies: Mapping[str, Policy] | None,
-          failure: OutcomeRule | None, neutral: OutcomeRule | None,
-          idempotency_header: str | None, generate_idempotency_key: bool) -> OutboundCore:
-    return OutboundCore(policy=policy, policies=policies, failure=failure, neutral=neutral,
-                        idempotency_header=idempotency_header,
-                        generate_idempotency_key=generate_idempotency_key,
-                        transport_errors=TRANSPORT_ERRORS, never_sent=_never_sent)
+class _Routing:
+    """What both transports hold: the outbound core, built once from their options."""
+
+    _core: OutboundCore
+
+    def _setup(self, policy: Policy | None, policies: Mapping[str, Policy] | None,
+               failure: OutcomeRule | None, neutral: OutcomeRule | None,
+               idempotency_header: str | None, generate_idempotency_key: bool) -> None:
+        self._core = OutboundCore(
+            policy=policy, policies=policies, failure=failure, neutral=neutral,
+            idempotency_header=idempotency_header,
+            generate_idempotency_key=generate_idempotency_key,
+            transport_errors=TRANSPORT_ERRORS, never_sent=_never_sent)
+
+    def policy_for(self, host: str, port: int | None = None) -> Policy | None:
+        """The policy requests to ``host`` run under (None: not protected)."""
+        return self._core.policy_for(host, port)
 
 
 def _plan(core: OutboundCore, request: httpx.Request) -> Plan | None:
@@ -82,7 +92,7 @@ def _bound(request: httpx.Request, timeouts: Any) -> None:
         phase: left if base.get(phase) is None else min(base[phase], left) for phase in _PHASES}
 
 
-class ResilientTransport(httpx.BaseTransport):
+class ResilientTransport(_Routing, httpx.BaseTransport):
     """An httpx transport sending each request under a policy; wraps another transport.
 
     :param transport: the transport that does the I/O (default ``httpx.HTTPTransport()``).
@@ -91,7 +101,7 @@ class ResilientTransport(httpx.BaseTransport):
         "*.psp.example": q, "*": default}``. A host matching no key (and no ``"*"``) is sent
         without protection.
     :param failure: rule for FAILURE outcomes (default
-        :func:`~fintech_resilience._outbound.default_failure`: 5xx, 429, timeouts, connection
+        :func:`~fintech_resilience.edges.outbound.default_failure`: 5xx, 429, timeouts, connection
         errors), e.g. ``on_status(range(500, 600)) | on_exceptions(httpx.TransportError)``.
     :param neutral: rule for NEUTRAL outcomes, counted by neither the breaker nor the retry
         (default: 4xx except 429).
@@ -107,13 +117,9 @@ class ResilientTransport(httpx.BaseTransport):
                  failure: OutcomeRule | None = None, neutral: OutcomeRule | None = None,
                  idempotency_header: str | None = "Idempotency-Key",
                  generate_idempotency_key: bool = False) -> None:
-        self._core = _core(policy, policies, failure, neutral, idempotency_header,
-                           generate_idempotency_key)
+        self._setup(policy, policies, failure, neutral, idempotency_header,
+                    generate_idempotency_key)
         self.transport = transport if transport is not None else httpx.HTTPTransport()
-
-    def policy_for(self, host: str, port: int | None = None) -> Policy | None:
-        """The policy requests to ``host`` run under (None: not protected)."""
-        return self._core.policy_for(host, port)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` under its host's policy."""
@@ -142,7 +148,7 @@ async def _aclose(response: httpx.Response) -> None:
     await response.aclose()
 
 
-class AsyncResilientTransport(httpx.AsyncBaseTransport):
+class AsyncResilientTransport(_Routing, httpx.AsyncBaseTransport):
     """Async twin of :class:`ResilientTransport` (default inner transport
     ``httpx.AsyncHTTPTransport()``); same options."""
 
@@ -151,13 +157,9 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                  failure: OutcomeRule | None = None, neutral: OutcomeRule | None = None,
                  idempotency_header: str | None = "Idempotency-Key",
                  generate_idempotency_key: bool = False) -> None:
-        self._core = _core(policy, policies, failure, neutral, idempotency_header,
-                           generate_idempotency_key)
+        self._setup(policy, policies, failure, neutral, idempotency_header,
+                    generate_idempotency_key)
         self.transport = transport if transport is not None else httpx.AsyncHTTPTransport()
-
-    def policy_for(self, host: str, port: int | None = None) -> Policy | None:
-        """The policy requests to ``host`` run under (None: not protected)."""
-        return self._core.policy_for(host, port)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` under its host's policy."""

@@ -7,7 +7,7 @@
 >>> session.mount("https://", ResilientAdapter(policy=policy))
 
 Same behaviour as :class:`fintech_resilience.httpx.ResilientTransport` (the decisions are shared
-in :mod:`fintech_resilience._outbound`): per-host policies, 5xx/429/connection errors/timeouts
+in ``fintech_resilience.edges.outbound``): per-host policies, 5xx/429/connection errors/timeouts
 are failures and other 4xx neutral, POST/PATCH retried only under an unchanged
 ``Idempotency-Key``, ``Retry-After`` honoured, bodies that cannot be replayed (generators, files)
 sent once, socket timeouts bounded by the policy's timeout and the retry deadline. urllib3's own

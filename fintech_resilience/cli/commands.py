@@ -195,7 +195,7 @@ def _url(args: argparse.Namespace) -> str:
 
 
 def _connect(url: str, timeout: float) -> Any:
-    """A :class:`~fintech_resilience._cli_ops.RedisOps` whose primaries all answered."""
+    """A :class:`~fintech_resilience.cli.ops.RedisOps` whose primaries all answered."""
     import redis.exceptions as rex
 
     from ..errors import BackendUnavailable, ConfigurationError

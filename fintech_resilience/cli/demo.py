@@ -1,6 +1,6 @@
 """``fintech-resilience demo``: every pattern at work on a payment API whose PSP fails.
 
-:func:`run_demo` builds the API of :mod:`fintech_resilience._demo_app` on a backend (memory, or
+:func:`run_demo` builds the API of :mod:`fintech_resilience.cli.demo_app` on a backend (memory, or
 Redis with ``redis_url``), drives it for ``seconds`` with a crowd of clients - three well-behaved
 tenants, one greedy tenant, clients that retry with the same idempotency key, resend after a
 success or send a key twice at once - while the simulated PSP goes flaky, down and back. It prints

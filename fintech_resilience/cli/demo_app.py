@@ -2,7 +2,7 @@
 
 Nothing here needs a web framework or an HTTP client: the API is a plain ASGI callable wrapped in
 the library's own middleware, and :func:`call_asgi` drives it in-process. ``fintech-resilience
-demo`` (:mod:`fintech_resilience._demo`) builds these parts, runs the load and checks the
+demo`` (:mod:`fintech_resilience.cli.demo`) builds these parts, runs the load and checks the
 invariants.
 
 The wiring, outside in::

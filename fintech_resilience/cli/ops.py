@@ -3,7 +3,7 @@
 Everything here is read-only except through the patterns' own operator APIs
 (:meth:`CircuitBreaker.force_open` and friends, :meth:`IdempotencyStore.forget`), which
 :mod:`fintech_resilience.cli` calls. Keys are found with ``SCAN`` (never ``KEYS``) on every
-primary, with the patterns of :mod:`fintech_resilience._keys`:
+primary, with the patterns of :mod:`fintech_resilience.core.storage_keys`:
 
 * ``<ns>:cb:{<name>}`` - a circuit breaker (hash), ``<ns>:rb:{<name>}`` - a retry budget (hash),
 * ``<ns>:rl.<algorithm>:{<name>:<digest>}:<i>`` - a rate-limit counter,
@@ -220,7 +220,7 @@ def idempotency_record(ops: RedisOps, record_key: str) -> dict[str, Any] | None:
 
 
 def _response_summary(raw: Any) -> dict[str, Any]:
-    """Kind, status and size of a stored response (see ``_idempotency_record``); no body."""
+    """Kind, status and size of a stored response (see ``idempotency.record``); no body."""
     data = raw if isinstance(raw, bytes) else _text(raw or "").encode()
     if not data:
         return {"stored": False}

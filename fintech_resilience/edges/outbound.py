@@ -293,6 +293,15 @@ class OutboundCore:
             return contextlib.nullcontext()
         return _attempt_span(plan, own=plan.retry is None)
 
+    def settle(self, plan: Plan, outcome: Outcome, span: Any) -> Outcome:
+        """After one send: keep the response until the next attempt closes it, and raise what
+        the breaker and the retry engine act on (see :meth:`judge`)."""
+        plan.pending = outcome.result
+        signal = self.judge(outcome, span)
+        if signal is not None:
+            raise signal
+        return outcome
+
     # --- sync driver -------------------------------------------------------------------------
 
     def run(self, plan: Plan, request: Any, send: Callable[[], Any],
@@ -303,36 +312,25 @@ class OutboundCore:
             if plan.pending is not None:
                 close(plan.pending)
                 plan.pending = None
-            outcome: Outcome
             try:
                 with plan.policy.attempt(), self._span(plan) as span:
                     try:
                         outcome = Outcome(send())
                     except Exception as exc:
                         outcome = Outcome(exception=exc)
-                    plan.pending = outcome.result
-                    signal = self.judge(outcome, span)
-                    if signal is not None:
-                        raise signal
+                    outcome = self.settle(plan, outcome, span)
             except _Neutral as neutral:
                 outcome = neutral.outcome
-            if outcome.exception is not None:
-                raise outcome.exception
-            return outcome.result
+            return _unwrap(outcome)
 
         try:
             with plan.policy.admission((request,), {}):
-                if plan.retry is None:
-                    return attempt(plan)
-                return plan.retry.call(attempt, plan)
-        except FailedResponse as failure:
-            return failure.response
-        except RetryError as exhausted:  # the retry's own on_result gave up on a response
-            return exhausted.last
+                return attempt(plan) if plan.retry is None else plan.retry.call(attempt, plan)
+        except (FailedResponse, RetryError) as done:
+            return _last_response(done)
         except BaseException:
             if plan.pending is not None:
                 close(plan.pending)
-                plan.pending = None
             raise
 
     # --- async driver ------------------------------------------------------------------------
@@ -345,7 +343,6 @@ class OutboundCore:
             if plan.pending is not None:
                 await close(plan.pending)
                 plan.pending = None
-            outcome: Outcome
             try:
                 async with plan.policy.aattempt():
                     with self._span(plan) as span:
@@ -353,30 +350,35 @@ class OutboundCore:
                             outcome = Outcome(await send())
                         except Exception as exc:
                             outcome = Outcome(exception=exc)
-                        plan.pending = outcome.result
-                        signal = self.judge(outcome, span)
-                        if signal is not None:
-                            raise signal
+                        outcome = self.settle(plan, outcome, span)
             except _Neutral as neutral:
                 outcome = neutral.outcome
-            if outcome.exception is not None:
-                raise outcome.exception
-            return outcome.result
+            return _unwrap(outcome)
 
         try:
             async with plan.policy.aadmission((request,), {}):
                 if plan.retry is None:
                     return await attempt(plan)
                 return await plan.retry.acall(attempt, plan)
-        except FailedResponse as failure:
-            return failure.response
-        except RetryError as exhausted:
-            return exhausted.last
+        except (FailedResponse, RetryError) as done:
+            return _last_response(done)
         except BaseException:
             if plan.pending is not None:
                 await close(plan.pending)
-                plan.pending = None
             raise
+
+
+def _unwrap(outcome: Outcome) -> Any:
+    """An attempt's result, or its exception raised."""
+    if outcome.exception is not None:
+        raise outcome.exception
+    return outcome.result
+
+
+def _last_response(done: FailedResponse | RetryError) -> Any:
+    """What the caller gets when the retries end on a response: that response (a failed one,
+    or the one the retry's own ``on_result`` gave up on)."""
+    return done.response if isinstance(done, FailedResponse) else done.last
 
 
 @contextlib.contextmanager

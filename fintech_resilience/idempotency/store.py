@@ -1,7 +1,7 @@
 """Idempotency keys with payment-grade guarantees: exactly-once execution, no cross-user leaks.
 
 A record per (principal scope, method, route, client key) lives in the backend. One atomic claim
-decides what a request does (:class:`~fintech_resilience._idempotency_record.ClaimOutcome`):
+decides what a request does (:class:`~fintech_resilience.idempotency.record.ClaimOutcome`):
 
 * ``executed`` - the first request: it runs, holding a lease (renewed while it runs) under a random
   owner token and a **fencing token** that grows with every claim of the key;

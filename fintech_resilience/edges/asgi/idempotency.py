@@ -37,7 +37,7 @@ logger = logging.getLogger("fintech_resilience")
 DEFAULT_MAX_BODY = 1024 * 1024
 
 async def send_answer(send: Send, answer: HttpAnswer) -> None:
-    """Send a complete :class:`~fintech_resilience._http.HttpAnswer`."""
+    """Send a complete :class:`~fintech_resilience.edges.http.HttpAnswer`."""
     await send({"type": "http.response.start", "status": answer.status,
                 "headers": answer.raw_headers()})
     await send({"type": "http.response.body", "body": answer.body, "more_body": False})

@@ -24,7 +24,7 @@ class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
     ...     key=fr.keys.principal_or_ip(trusted_proxies=["10.0.0.0/8"]))
 
     :param limiter: a limiter applied to every request (optional when ``rules`` are given).
-    :param rules: :class:`~fintech_resilience._ratelimit_http.Rule` objects: a limiter per
+    :param rules: :class:`~fintech_resilience.asgi.Rule` objects: a limiter per
         method/path, each acquired in order; the first refusal answers and later rules are not
         consumed (earlier ones are: put limits that must be all-or-nothing in one RateLimiter,
         ``"10/second; 1000/day"``).

@@ -1,7 +1,7 @@
 """Priority load shedding for ASGI apps: keep capacity for payments when reporting piles up.
 
 Re-exported as :class:`fintech_resilience.asgi.LoadSheddingMiddleware`; the classes, shares and
-counter are shared with the WSGI twin (``_shedding``).
+counter are shared with the WSGI twin (``fintech_resilience.shedding``).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ _STATUS_TEXT = {400: "Bad Request", 409: "Conflict", 413: "Content Too Large",
 
 
 def answer_wsgi(start_response: StartResponse, answer: HttpAnswer) -> list[bytes]:
-    """Start and return a complete :class:`~fintech_resilience._http.HttpAnswer`."""
+    """Start and return a complete :class:`~fintech_resilience.edges.http.HttpAnswer`."""
     text = _STATUS_TEXT.get(answer.status, "OK")
     start_response(f"{answer.status} {text}", answer.wsgi_headers())
     return [answer.body]
@@ -53,7 +53,7 @@ def open_claim(store: IdempotencyStore, *, method: str, raw_key: str | None, req
     """Everything before the handler runs, for the WSGI and Django middlewares.
 
     Returns None when the request carries no key and none is required (run it unprotected), an
-    :class:`~fintech_resilience._http.HttpAnswer` to send instead of running the handler (400,
+    :class:`~fintech_resilience.edges.http.HttpAnswer` to send instead of running the handler (400,
     413, 500, 503, 409, 422 or the replay), or the :class:`Claim` to run the handler under.
     """
     try:

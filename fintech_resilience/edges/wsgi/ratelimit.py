@@ -1,7 +1,7 @@
 """WSGI rate-limit middleware: the twin of the ASGI one, as a plain callable class.
 
 Re-exported as :class:`fintech_resilience.wsgi.RateLimitMiddleware`. Same options and the same
-answers (shared in ``_ratelimit_http``); the key function receives the WSGI ``environ``.
+answers (shared in ``edges.ratelimit_http``); the key function receives the WSGI ``environ``.
 """
 
 from __future__ import annotations
