@@ -11,8 +11,8 @@ The counter is **local to the process** (one per middleware instance, shared by 
 tasks and by threads): it measures this worker's load, which is what shedding protects. Set
 ``max_in_flight`` per worker; N workers admit up to N times as much.
 
-The ASGI and WSGI middlewares (``edges.asgi.shedding``, ``edges.wsgi.shedding``) only say where a request's
-path is and when it has finished.
+The ASGI and WSGI middlewares (``edges.asgi.shedding``, ``edges.wsgi.shedding``) only say where
+a request's path is and when it has finished.
 """
 
 from __future__ import annotations

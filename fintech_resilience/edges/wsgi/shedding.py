@@ -1,9 +1,9 @@
 """Priority load shedding for WSGI apps: the twin of the ASGI middleware, as a plain callable.
 
 Re-exported as :class:`fintech_resilience.wsgi.LoadSheddingMiddleware`. Same options and the
-same answers (shared in ``fintech_resilience.shedding``); ``classify`` receives the WSGI ``environ``, routes match
-``SCRIPT_NAME + PATH_INFO``. A request holds its slot until the server closes its response
-iterable (PEP 3333), so a streamed body keeps it while it streams.
+same answers (shared in ``fintech_resilience.shedding``); ``classify`` receives the WSGI
+``environ``, routes match ``SCRIPT_NAME + PATH_INFO``. A request holds its slot until the
+server closes its response iterable (PEP 3333), so a streamed body keeps it while it streams.
 """
 
 from __future__ import annotations
