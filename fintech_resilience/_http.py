@@ -6,6 +6,7 @@ Everything here is pure (no I/O, no framework imports), so every middleware answ
 
 from __future__ import annotations
 
+import http
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -22,9 +23,12 @@ __all__ = [
     "HttpAnswer",
     "RedactorLike",
     "claim_answer",
+    "declared_length",
+    "invalid_length_problem",
     "key_invalid_problem",
     "parse_idempotency_key",
     "problem",
+    "reason_phrase",
     "replay_answer",
     "replay_header_names",
     "safe_asgi_headers",
@@ -38,6 +42,9 @@ __all__ = [
 PROBLEM_BASE: Final = "https://fintech-resilience.dev/problems/"
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 MAX_KEY_LENGTH: Final = 255
+#: A Content-Length with more digits than this is refused (400): 18 digits already exceed any
+#: body bound, and ``int()`` of a few thousand digits raises instead of answering.
+MAX_LENGTH_DIGITS: Final = 18
 
 #: Response headers a replay carries by default (lower case).
 SAFE_REPLAY_HEADERS: Final = frozenset({
@@ -91,6 +98,30 @@ def problem(status: int, kind: str, title: str, detail: str, *, base: str = PROB
     if retry_after is not None:
         out.append(("retry-after", str(max(1, math.ceil(retry_after)))))
     return HttpAnswer(status, tuple(out), body)
+
+
+def declared_length(value: bytes | str) -> int | None:
+    """A request's ``Content-Length``: None when absent (empty), -1 when malformed.
+
+    RFC 9110 allows ASCII digits only (``str.isdigit`` also accepts ``"²"`` and ``"٣"``, which
+    ``int()`` refuses or reads as another number); more than 18 digits counts as malformed.
+    """
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip(" \t")
+    if not text:
+        return None
+    if len(text) > MAX_LENGTH_DIGITS or not (text.isascii() and text.isdigit()):
+        return -1
+    return int(text)
+
+
+def reason_phrase(status: int) -> str:
+    """The standard reason phrase of ``status`` (``201`` -> ``"Created"``) for a WSGI status
+    line; ``"Unknown"`` for a code HTTP does not name."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 def parse_idempotency_key(values: Sequence[bytes | str]) -> str | None:
@@ -194,6 +225,13 @@ def too_large_problem(limit: int, *, base: str = PROBLEM_BASE) -> HttpAnswer:
     """413 for a request body above the idempotency middleware's bound."""
     return problem(413, "idempotency-request-too-large", "Request body too large",
                    f"Requests with an Idempotency-Key may carry at most {limit} bytes.", base=base)
+
+
+def invalid_length_problem(*, base: str = PROBLEM_BASE) -> HttpAnswer:
+    """400 for a ``Content-Length`` that is not 1-18 ASCII digits (never executed)."""
+    return problem(400, "invalid-content-length", "Content-Length is invalid",
+                   "Content-Length must be a decimal number of bytes (ASCII digits only).",
+                   base=base)
 
 
 def unavailable_problem(retry_after: float, *, base: str = PROBLEM_BASE) -> HttpAnswer:

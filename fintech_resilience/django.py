@@ -46,7 +46,13 @@ from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 from rest_framework.throttling import BaseThrottle  # type: ignore[import-untyped]
 
-from ._http import PROBLEM_BASE, SAFE_REPLAY_HEADERS, HttpAnswer
+from ._http import (
+    PROBLEM_BASE,
+    SAFE_REPLAY_HEADERS,
+    HttpAnswer,
+    declared_length,
+    invalid_length_problem,
+)
 from ._ratelimit_http import RateLimitCore, Rule, Verdict
 from ._wsgi_idempotency import finish_claim, open_claim
 from .backends.base import Backend
@@ -277,9 +283,11 @@ class IdempotencyMiddleware:
                      store_status=self.store_status, replay_headers=self.replay_headers)
         return response
 
-    def _body(self, request: HttpRequest) -> bytes | None:
-        length = request.META.get("CONTENT_LENGTH") or ""
-        if length.isdigit() and int(length) > self.max_body_bytes:
+    def _body(self, request: HttpRequest) -> bytes | HttpAnswer | None:
+        length = declared_length(request.META.get("CONTENT_LENGTH") or "")
+        if length is not None and length < 0:
+            return invalid_length_problem()
+        if length is not None and length > self.max_body_bytes:
             return None
         body = bytes(request.body)
         return None if len(body) > self.max_body_bytes else body
