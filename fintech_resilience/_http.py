@@ -206,7 +206,8 @@ def claim_answer(outcome: ClaimOutcome, *, retry_after: float = 0.0,
         return problem(409, "idempotency-response-not-replayable",
                        "The original response cannot be replayed",
                        f"The request with this Idempotency-Key completed (status {code}), but"
-                       " its response was too large to store; it will not run again.",
+                       " its response was not kept (too large to store, or in a content"
+                       " encoding that could not be redacted); it will not run again.",
                        base=base)
     return replay_answer(stored)
 

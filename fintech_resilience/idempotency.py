@@ -57,6 +57,7 @@ from ._idempotency_record import (
     result_response,
 )
 from ._per_loop import PerLoop
+from ._stored_redaction import redact_stored
 from .backends.base import ALLOW, Backend, BackendGuard, Fallback, OnBackendError
 from .backends.memory import MemoryBackend, default_backend
 from .backends.redis import RedisBackend
@@ -399,20 +400,19 @@ class IdempotencyStore:
     def encode(self, claim: Claim, response: StoredResponse) -> bytes:
         """The stored form of ``response``: redacted, then encrypted.
 
-        HTTP bodies are redacted according to their content type; function results and
-        exceptions when they are JSON (the default serializer), so replays still deserialise.
-        Other serialisations are stored as they are: encrypt them (``cipher=``) if they can
-        carry card data.
+        HTTP responses: header values and the body (by its content type; a compressed body is
+        decoded, redacted and encoded again, or not stored when it cannot be read - see
+        :mod:`fintech_resilience._stored_redaction`). Function results and exceptions when they
+        are JSON (the default serializer), so replays still deserialise. Other serialisations
+        are stored as they are: encrypt them (``cipher=``) if they can carry card data.
         """
-        if self.redactor is not None and response.body:
-            if response.kind == "http":
-                content_type = next(
-                    (v for n, v in response.headers if n.lower() == "content-type"), None)
-            else:
-                content_type = "application/json" if _is_json(response.body) else None
-                if content_type is None:
-                    return encode_response(response, cipher=self.cipher,
-                                           associated_data=claim.record_key.encode())
+        if self.redactor is not None and response.kind == "http":
+            response = redact_stored(response, self.redactor)
+        elif self.redactor is not None and response.body:
+            content_type = "application/json" if _is_json(response.body) else None
+            if content_type is None:
+                return encode_response(response, cipher=self.cipher,
+                                       associated_data=claim.record_key.encode())
             body = self.redactor.redact_bytes(response.body, content_type)
             if body != response.body:
                 response = StoredResponse(response.kind, response.status, response.headers, body,
