@@ -8,6 +8,7 @@ imports a web framework.
 """
 
 from . import audit, chaos, keys, testing
+from ._result_codec import JsonCodec, ResultCodec
 from ._version import __version__
 from .audit import AuditLog, AuditRecord
 from .backends import Backend, MemoryBackend, RedisBackend
@@ -28,6 +29,7 @@ from .errors import (
     IdempotencyInProgress,
     IdempotencyKeyInvalid,
     IdempotencyKeyMismatch,
+    IdempotencyNotReplayable,
     IdempotencyOutcomeUnknown,
     RateLimited,
     ResidencyViolation,
@@ -68,8 +70,10 @@ __all__ = [
     "IdempotencyInProgress",
     "IdempotencyKeyInvalid",
     "IdempotencyKeyMismatch",
+    "IdempotencyNotReplayable",
     "IdempotencyOutcomeUnknown",
     "IdempotencyStore",
+    "JsonCodec",
     "LimitStatus",
     "MemoryBackend",
     "Outcome",
@@ -81,6 +85,7 @@ __all__ = [
     "RegionalBackend",
     "ResidencyViolation",
     "ResilienceError",
+    "ResultCodec",
     "Retry",
     "RetryBudget",
     "RetryBudgetExhausted",

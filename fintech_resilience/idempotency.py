@@ -57,6 +57,7 @@ from ._idempotency_record import (
     result_response,
 )
 from ._per_loop import PerLoop
+from ._result_codec import JsonCodec, ResultCodec, return_annotation
 from ._stored_redaction import redact_stored
 from .backends.base import ALLOW, Backend, BackendGuard, Fallback, OnBackendError
 from .backends.memory import MemoryBackend, default_backend
@@ -73,7 +74,9 @@ __all__ = [
     "ClaimOutcome",
     "IdempotencyContext",
     "IdempotencyStore",
+    "JsonCodec",
     "JsonSerializer",
+    "ResultCodec",
     "StoredResponse",
     "current_idempotency",
     "idempotent",
@@ -721,7 +724,7 @@ class _LoopRenewer:
 def idempotent(store: IdempotencyStore, *, key: Callable[..., KeyArg],
                scope: Callable[..., KeyArg] | None = None, global_scope: bool = False,
                fingerprint: Callable[..., bytes | str] | None = None,
-               serializer: Serializer | None = None,
+               codec: ResultCodec | None = None, serializer: Serializer | None = None,
                store_exceptions: Sequence[type[BaseException]] = (),
                route: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Run a sync or async function once per key; duplicates get the stored result.
@@ -733,14 +736,25 @@ def idempotent(store: IdempotencyStore, *, key: Callable[..., KeyArg],
     :param fingerprint: callable returning what must be identical for a duplicate (e.g. the
         payload); a different value raises :class:`~fintech_resilience.IdempotencyKeyMismatch`.
         Default: the key alone identifies the call.
-    :param serializer: stores results (``dumps``/``loads``); default JSON.
+    :param codec: stores results and rebuilds them for duplicates (a
+        :class:`~fintech_resilience.ResultCodec`); default
+        :class:`~fintech_resilience.JsonCodec`, which keeps dataclasses, Pydantic models,
+        tuples, Decimal, datetime, UUID, ... as their types. When the function is decorated the
+        codec checks its return annotation: a type it cannot store raises
+        :class:`~fintech_resilience.ConfigurationError` then, not after money moved.
+    :param serializer: an object with ``dumps``/``loads`` only (no annotation check); prefer
+        ``codec=``.
     :param store_exceptions: exceptions that are outcomes (a card decline): stored and re-raised
         to duplicates. Any other exception releases the key, so a retry runs again.
     :param route: names the operation in the record key (default: the function's qualified name).
 
     Duplicates raise :class:`~fintech_resilience.IdempotencyInProgress`,
     :class:`~fintech_resilience.IdempotencyKeyMismatch` or
-    :class:`~fintech_resilience.IdempotencyOutcomeUnknown` as the claim decides.
+    :class:`~fintech_resilience.IdempotencyOutcomeUnknown` as the claim decides. A result the
+    codec still cannot store after the function ran is recorded as "completed, not replayable"
+    (its type name only): duplicates raise
+    :class:`~fintech_resilience.IdempotencyNotReplayable` until the record's TTL, and the
+    function never runs twice for the key.
     """
     if scope is None and not global_scope:
         raise ConfigurationError(
@@ -749,12 +763,22 @@ def idempotent(store: IdempotencyStore, *, key: Callable[..., KeyArg],
         )
     if not callable(key):
         raise ConfigurationError("key must be a callable receiving the call's arguments")
-    ser: Serializer = serializer if serializer is not None else JsonSerializer()
+    if codec is not None and serializer is not None:
+        raise ConfigurationError("pass codec= or serializer=, not both (serializer= is the older"
+                                 " name for a codec without the annotation check)")
+    chosen: Serializer = codec if codec is not None else (
+        serializer if serializer is not None else JsonCodec())
+    for method in ("dumps", "loads"):
+        if not callable(getattr(chosen, method, None)):
+            raise ConfigurationError(f"codec needs dumps(value) -> bytes and loads(bytes);"
+                                     f" {chosen!r} has no {method}")
     stored_types = tuple(store_exceptions)
     scope_of: Callable[..., KeyArg] = scope if scope is not None else (lambda *_a, **_k: "*")
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         name = route or f"{fn.__module__}.{fn.__qualname__}"
+        bind = getattr(chosen, "for_return", None)
+        ser: Serializer = bind(return_annotation(fn)) if callable(bind) else chosen
 
         def prepare(args: Any, kwargs: Any) -> tuple[str, str, str | None]:
             who = scope_of(*args, **kwargs)
