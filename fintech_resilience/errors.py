@@ -19,7 +19,8 @@ decision. The tree::
         ├── IdempotencyKeyInvalid       a missing, empty, too long or non-printable key
         ├── IdempotencyInProgress       the first request with this key is still running
         ├── IdempotencyKeyMismatch      the same key was used with a different request
-        └── IdempotencyOutcomeUnknown   the first attempt's lease expired while it was running
+        ├── IdempotencyOutcomeUnknown   the first attempt's lease expired while it was running
+        └── IdempotencyNotReplayable    the first call completed, but its result cannot be returned
 
 Errors from redis-py and from web frameworks are mapped at the boundary with ``raise ... from exc``,
 so the original error stays available as ``__cause__``.
@@ -44,6 +45,7 @@ __all__ = [
     "IdempotencyInProgress",
     "IdempotencyKeyInvalid",
     "IdempotencyKeyMismatch",
+    "IdempotencyNotReplayable",
     "IdempotencyOutcomeUnknown",
     "RateLimited",
     "ResidencyViolation",
@@ -165,3 +167,13 @@ class IdempotencyKeyMismatch(IdempotencyError):
 
 class IdempotencyOutcomeUnknown(IdempotencyError):
     """The first attempt's lease expired while it ran: it may or may not have completed."""
+
+
+class IdempotencyNotReplayable(IdempotencyError):
+    """The first call with this key completed (its effect happened), but its result cannot be
+    returned again: it could not be stored, or the stored form cannot be rebuilt here. The call
+    is never run again for this key. ``result_type`` names the result's type when known."""
+
+    def __init__(self, message: str, result_type: str | None = None) -> None:
+        self.result_type = result_type
+        super().__init__(message)

@@ -5,7 +5,9 @@ is taken from a forwarding header (``X-Forwarded-For`` or ``Forwarded``) *only* 
 is one of your proxies (``trusted_proxies``, a list of CIDRs). The header is then read from the
 right: each hop a trusted proxy appended is skipped, and the first hop that is not a trusted
 proxy is the client. Everything to the left of that hop was written by the client itself and is
-never used, so a client cannot pick its own key by sending ``X-Forwarded-For: 1.2.3.4``.
+never used, so a client cannot pick its own key by sending ``X-Forwarded-For: 1.2.3.4``. When
+every hop is a trusted address, the TCP peer is the client's identity (the leftmost hop may be
+text the client wrote, so it is never used).
 
 >>> from fintech_resilience.keys import principal_or_ip
 >>> key = principal_or_ip(trusted_proxies=["10.0.0.0/8"])
@@ -101,7 +103,9 @@ def client_ip(peer: str | None, forwarded: str | None, trusted_proxies: Sequence
 
     When a trusted proxy wrote a hop that is not an address (``unknown``, an obfuscated id), the
     nearest trusted address is returned: the client cannot be told apart, and its own text is
-    never used as its identity. ``None`` only when the peer is unknown and not trusted.
+    never used as its identity. When every hop is trusted, the peer is returned (behind a
+    trusted Unix socket, the hop that proxy wrote): the leftmost hop is never used. ``None``
+    only when the peer is unknown and not trusted.
     """
     peer_ip = _parse_ip(peer) if peer else None
     if peer_ip is None and not (peer is None and trust_unix_socket):
@@ -110,15 +114,18 @@ def client_ip(peer: str | None, forwarded: str | None, trusted_proxies: Sequence
         return peer_ip
     if not forwarded:
         return peer_ip
+    hops = forwarded_hops(forwarded, header)
     nearest = peer_ip
-    for hop in reversed(forwarded_hops(forwarded, header)):
+    for hop in reversed(hops):
         address = _parse_ip(hop)
         if address is None:
             return nearest
         if not _trusted(address, trusted_proxies):
             return address
         nearest = address
-    return nearest  # every hop is one of ours: the farthest is the origin
+    # Every hop is in a trusted network: nothing proves which of them a proxy wrote, and the
+    # leftmost may be the client's own text. The peer is the one address nobody wrote.
+    return peer_ip if peer_ip is not None else _parse_ip(hops[-1])
 
 
 def _networks(cidrs: Iterable[str]) -> tuple[tuple[IPNetwork, ...], bool]:

@@ -36,8 +36,8 @@ class TestClientIp:
         got = client_ip("10.0.0.2", "10.9.9.9, 203.0.113.9", NETS)
         assert str(got) == "203.0.113.9"
 
-    def test_all_hops_trusted_means_the_farthest_is_the_origin(self):
-        assert str(client_ip("10.0.0.2", "10.0.0.7, 10.0.0.1", NETS)) == "10.0.0.7"
+    def test_all_hops_trusted_means_the_peer_never_the_leftmost_hop(self):
+        assert str(client_ip("10.0.0.2", "10.0.0.7, 10.0.0.1", NETS)) == "10.0.0.2"
 
     def test_no_header_from_a_trusted_peer_means_the_peer(self):
         assert str(client_ip("10.0.0.2", None, NETS)) == "10.0.0.2"

@@ -244,6 +244,7 @@ def test_retry_after_hook_reads_results(clock: ManualClock) -> None:
     ("soon", None), ("", None), ("1" * 100, None), (None, None), (True, None),
     (float("nan"), None), (float("inf"), None), ("Tue, 14 Nov 2023 22:14:00", None),
     (object(), None),
+    ("\u00b2", None), ("\u0663", None), (b"\xc2\xb2", None),  # digits only in ASCII
 ])
 def test_parse_retry_after(value: Any, expected: float | None) -> None:
     assert parse_retry_after(value, 1_700_000_000.0) == expected

@@ -8,8 +8,9 @@ What is wired in:
 * ``fintech_resilience.django.RateLimitMiddleware`` - a site-wide limit from settings;
 * ``fintech_resilience.django.RateThrottle`` - DRF throttling per merchant (``throttle_scope``),
   one atomic GCRA decision in the shared backend;
-* ``fintech_resilience.wsgi.IdempotencyMiddleware`` around Django's WSGI handler - POST
-  /charges/ runs once per (merchant, Idempotency-Key); duplicates get the stored response;
+* ``fintech_resilience.django.IdempotencyMiddleware`` - POST /charges/ runs once per
+  (merchant, Idempotency-Key); for this DRF view the key is claimed after DRF authenticated the
+  merchant, so the principal is DRF's ``request.user``; duplicates get the stored response;
 * a ``CircuitBreaker`` and ``retry`` around the PSP call, with the record's downstream key.
 """
 
@@ -25,16 +26,23 @@ from typing import Any
 import django
 from django.conf import settings
 
+import fintech_resilience as fr
+
 URL = os.environ.get("FINTECH_RESILIENCE_REDIS_URL") or None
+backend: fr.Backend = fr.RedisBackend.from_url(URL) if URL else fr.MemoryBackend()
+store = fr.IdempotencyStore(backend, secret=os.environ.get("IDEMPOTENCY_SECRET",
+                                                           "dev-only-secret-32-bytes-long!!"))
 
 if not settings.configured:
     settings.configure(
         DEBUG=False, SECRET_KEY="example-only", ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__,
         INSTALLED_APPS=["rest_framework"], DATABASES={}, USE_TZ=True,
-        MIDDLEWARE=["fintech_resilience.django.RateLimitMiddleware"],
+        MIDDLEWARE=["fintech_resilience.django.RateLimitMiddleware",
+                    "fintech_resilience.django.IdempotencyMiddleware"],
         FINTECH_RESILIENCE={
-            "BACKEND": URL,  # None: in-process memory
+            "BACKEND": backend,
             "RATE_LIMIT": {"LIMITS": "100/minute", "NAME": "site", "EXEMPT_PATHS": ["/healthz"]},
+            "IDEMPOTENCY": {"STORE": store, "METHODS": ["POST"], "REQUIRED": True},
         },
         REST_FRAMEWORK={
             "DEFAULT_AUTHENTICATION_CLASSES": [],  # set on the view below
@@ -51,12 +59,6 @@ from rest_framework.authentication import BaseAuthentication  # noqa: E402
 from rest_framework.response import Response  # noqa: E402
 from rest_framework.views import APIView  # noqa: E402
 
-import fintech_resilience as fr  # noqa: E402
-from fintech_resilience.wsgi import IdempotencyMiddleware  # noqa: E402
-
-backend: fr.Backend = fr.RedisBackend.from_url(URL) if URL else fr.MemoryBackend()
-store = fr.IdempotencyStore(backend, secret=os.environ.get("IDEMPOTENCY_SECRET",
-                                                           "dev-only-secret-32-bytes-long!!"))
 breaker = fr.CircuitBreaker("psp-acme", backend=backend, minimum_calls=10)
 _ids = itertools.count(1)
 _psp_ledger: dict[str, dict[str, Any]] = {}
@@ -107,10 +109,9 @@ class ChargeView(APIView):  # type: ignore[misc]
 
 urlpatterns = [path("charges/", ChargeView.as_view())]
 
-# Idempotency wraps Django: the principal is the one the gateway authenticated
-application = IdempotencyMiddleware(
-    get_wsgi_application(), store=store, methods=("POST",), required=True,
-    scope=lambda environ: environ.get("HTTP_X_MERCHANT"))
+# the middleware runs DRF views as if they had fintech_resilience.django.IdempotencyMixin:
+# the key is claimed after MerchantAuthentication, under the merchant's pk
+application = get_wsgi_application()
 
 
 def call(method: str, path_: str, body: dict[str, Any] | None = None,

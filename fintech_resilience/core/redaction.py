@@ -3,9 +3,16 @@
 A :class:`Redactor` masks
 
 * **PANs**: runs of 13-19 digits that pass the Luhn check, written contiguously or in groups
-  separated by single spaces or dashes (``4111 1111 1111 1111``, ``4111-1111-1111-1111``). All
-  digits but the last four become ``*`` and separators are kept (``**** **** **** 1111``).
+  separated by one to three spaces, tabs, dashes, dots, slashes or ``+`` (form encoding), by
+  no-break and other Unicode spaces (U+00A0, U+202F, U+2000-U+200A, U+3000, ...), Unicode dashes
+  and their fullwidth forms, with ASCII or fullwidth digits (U+FF10-U+FF19), mixed freely
+  (``4111 1111 1111 1111``, ``4111.1111.1111.1111``, ``4111/1111/1111/1111``). All digits but the
+  last four become ``*`` and separators are kept (``**** **** **** 1111``).
   A digit run that fails the Luhn check (an order id, a timestamp, an amount) is kept as is.
+  Grouped digits count as a card number only when laid out as cards are printed: four digits
+  first, then groups of four to six, and a last group shorter than four only after groups of
+  four (4-4-4-4, 4-6-5, 4-6-4, 4-4-4-4-3, 4-4-4-1); so dates, decimal amounts and IP addresses
+  next to each other are kept.
   Where a longer run of groups contains a PAN (``"qty 2 4111 1111 1111 1111"``), the PAN is found
   at group boundaries; digits inside one unbroken run are never split.
 * **sensitive fields**: JSON object members, mapping keys and ``name=value`` / ``name: value``
@@ -27,7 +34,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, TypeVar, overload
+from typing import Any, Final, Protocol, TypeVar, overload, runtime_checkable
 
 from ..errors import ConfigurationError
 
@@ -36,6 +43,7 @@ __all__ = [
     "PCI_FIELDS",
     "PCI_HEADERS",
     "Redactor",
+    "RedactorLike",
     "find_pans",
     "luhn_valid",
 ]
@@ -64,14 +72,22 @@ PCI_HEADERS: Final = frozenset({
 })
 
 _JSON_TYPES: Final = ("application/json", "text/json")
-# A candidate PAN: at least 13 digits in groups separated by single spaces or dashes, not
-# touching other digits. The pattern is linear: a separator can only be consumed by ``[ -]?``.
-_CANDIDATE_STR: Final = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,}(?![0-9])")
-_CANDIDATE_BYTES: Final = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){12,}(?![0-9])")
+_DIGIT: Final = "0-9\uff10-\uff19"  # ASCII and fullwidth digits
+# What a PAN's digit groups are separated with: ASCII space, tab, dash, dot, slash and "+" (a
+# space in form encoding); the Unicode spaces (Zs); Unicode dashes; fullwidth - . /
+_SEP: Final = (" \t+./\\-\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\u2010-\u2013"
+               "\uff0d\uff0e\uff0f")
+# A candidate PAN: at least 13 digits, groups separated by one to three separator characters,
+# not touching other digits. The pattern is linear: digits and separators are disjoint classes.
+_CANDIDATE_STR: Final = re.compile(
+    rf"(?<![{_DIGIT}])[{_DIGIT}](?:[{_SEP}]{{0,3}}[{_DIGIT}]){{12,}}(?![{_DIGIT}])")
+_CANDIDATE_BYTES: Final = re.compile(rb"(?<![0-9])[0-9](?:[ \t+./-]{0,3}[0-9]){12,}(?![0-9])")
 # Cheap pre-checks: a run of 13+ digit/separator characters (simple classes scan fast).
-_MAYBE_PAN_STR: Final = re.compile(r"[0-9][0-9 -]{11,}[0-9]")
-_MAYBE_PAN_BYTES: Final = re.compile(rb"[0-9][0-9 -]{11,}[0-9]")
-_GROUP: Final = re.compile(r"[0-9]+")
+_MAYBE_PAN_STR: Final = re.compile(rf"[{_DIGIT}][{_DIGIT}{_SEP}]{{11,}}[{_DIGIT}]")
+_MAYBE_PAN_BYTES: Final = re.compile(rb"[0-9][0-9 \t+./-]{11,}[0-9]")
+_GROUP: Final = re.compile(rf"[{_DIGIT}]+")
+_JSON_ESCAPE: Final = re.compile(rb"\\[ut/]")
+_ASCII_DIGITS: Final = str.maketrans({0xFF10 + i: 48 + i for i in range(10)})
 _SEPARATORS: Final = str.maketrans("", "", "_-")
 
 T = TypeVar("T")
@@ -95,20 +111,36 @@ def luhn_valid(digits: str) -> bool:
 _LENGTH_RANK: Final = {16: 0, 15: 1, 19: 2, 14: 3, 13: 4, 18: 5, 17: 6}
 
 
+def _printed_like_a_card(sizes: list[int]) -> bool:
+    """Whether digit groups of these sizes are laid out as card numbers are printed (4-4-4-4,
+    4-6-5, 4-6-4, 4-4-4-4-3, 4-4-4-1): four digits first, then groups of four to six, and a
+    last group of fewer than four only after groups of four."""
+    if len(sizes) == 1:
+        return True  # one unbroken run of 13-19 digits
+    head, last = sizes[:-1], sizes[-1]
+    if head[0] != 4 or any(not 4 <= size <= 6 for size in head) or last > 6:
+        return False
+    return last >= 4 or all(size == 4 for size in head)
+
+
 def _pan_spans(run: str) -> list[tuple[int, int]]:
     """Character spans of PANs in one candidate run: windows of whole digit groups with 13-19
-    digits that pass the Luhn check, the most card-like first, never overlapping."""
+    digits, printed like a card, that pass the Luhn check, the most card-like first, never
+    overlapping."""
     groups = [(m.start(), m.end()) for m in _GROUP.finditer(run)]
     if len(groups) == 1:
-        return [(0, len(run))] if len(run) <= 19 and luhn_valid(run) else []
+        return ([(0, len(run))] if len(run) <= 19 and luhn_valid(run.translate(_ASCII_DIGITS))
+                else [])
     windows: list[tuple[int, int, int, int]] = []  # (rank, first group, last group, digits)
+    sizes = [b - a for a, b in groups]
     for i in range(len(groups)):
         digits = 0
         for j in range(i, len(groups)):
-            digits += groups[j][1] - groups[j][0]
+            digits += sizes[j]
             if digits > 19:
                 break
-            if digits >= 13 and luhn_valid("".join(run[a:b] for a, b in groups[i:j + 1])):
+            if (digits >= 13 and _printed_like_a_card(sizes[i:j + 1]) and luhn_valid(
+                    "".join(run[a:b] for a, b in groups[i:j + 1]).translate(_ASCII_DIGITS))):
                 windows.append((_LENGTH_RANK[digits], i, j, digits))
     spans: list[tuple[int, int]] = []
     taken: set[int] = set()
@@ -130,6 +162,15 @@ def find_pans(text: str) -> list[str]:
 
 def _normalise(name: str) -> str:
     return name.lower().translate(_SEPARATORS)
+
+
+@runtime_checkable
+class RedactorLike(Protocol):
+    """Anything with ``redact_bytes`` (e.g. :class:`Redactor`): what stores accept."""
+
+    def redact_bytes(self, data: bytes, content_type: str | None = None) -> bytes:
+        """Return ``data`` with card numbers and sensitive fields masked."""
+        ...
 
 
 class Redactor:
@@ -264,6 +305,10 @@ class Redactor:
         return m.group("k") + quote + self.mask.encode() + quote
 
     def _redact_raw_bytes(self, data: bytes) -> bytes:
+        if not data.isascii():  # Unicode spaces and fullwidth digits: redact it as text
+            text, encoding = _as_text(data)
+            redacted = self.redact_text(text)
+            return data if redacted is text else redacted.encode(encoding)
         if self.pans and len(data) >= 13 and _MAYBE_PAN_BYTES.search(data) is not None:
             data = _CANDIDATE_BYTES.sub(
                 lambda m: self._mask_run(m.group().decode("ascii")).encode("ascii"), data
@@ -273,8 +318,15 @@ class Redactor:
         return data
 
     def _needs_work(self, data: bytes) -> bool:
+        if not data.isascii():
+            text = _as_text(data)[0]
+            if (self.pans and _MAYBE_PAN_STR.search(text) is not None
+                    and any(_pan_spans(m.group()) for m in _CANDIDATE_STR.finditer(text))):
+                return True
+            return self._field_text is not None and self._maybe_field(text)
         if (self.pans and len(data) >= 13 and _MAYBE_PAN_BYTES.search(data) is not None
-                and _CANDIDATE_BYTES.search(data) is not None):
+                and any(_pan_spans(m.group().decode("ascii"))
+                        for m in _CANDIDATE_BYTES.finditer(data))):
             return True
         return self._field_bytes is not None and self._maybe_field_in_bytes(data)
 
@@ -285,15 +337,23 @@ class Redactor:
         (a PAN stored as a JSON number becomes a masked string); anything else, and JSON that
         does not parse, is treated as text. Returns ``data`` itself when nothing is masked.
         """
-        if not data or not self._needs_work(data):
+        if not data:
             return data
-        if content_type is not None and _is_json(content_type):
+        is_json = content_type is not None and _is_json(content_type)
+        # a JSON string can spell a separator or a digit as an escape (\u00a0, \uff14, \t, \/),
+        # which no scan of the raw bytes sees: such a document is parsed whatever the scan says
+        escaped = is_json and _JSON_ESCAPE.search(data) is not None
+        if not escaped and not self._needs_work(data):
+            return data
+        if is_json:
             try:
                 document = json.loads(data)
             except ValueError:
                 pass
             else:
                 redacted = self.redact_value(document)
+                if escaped and redacted == document:
+                    return data
                 return json.dumps(redacted, ensure_ascii=False, separators=(",", ":")).encode()
         return self._redact_raw_bytes(data)
 
@@ -378,6 +438,15 @@ class Redactor:
             return "Redactor.pci()"
         return (f"Redactor(pans={self.pans}, fields={sorted(self.fields)},"
                 f" headers={sorted(self.headers)}, keep_last={self.keep_last})")
+
+
+def _as_text(data: bytes) -> tuple[str, str]:
+    """Non-ASCII bytes as text, and the encoding to write them back with: UTF-8 when they are,
+    else latin-1 (which reads any byte, so a no-break space written as 0xA0 is seen too)."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return data.decode("latin-1"), "latin-1"
 
 
 def _is_json(content_type: str) -> bool:

@@ -6,11 +6,12 @@ Everything here is pure (no I/O, no framework imports), so every middleware answ
 
 from __future__ import annotations
 
+import http
 import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
+from typing import Final
 
 from ..errors import IdempotencyKeyInvalid
 from ..idempotency.record import ClaimOutcome, StoredResponse
@@ -20,11 +21,13 @@ __all__ = [
     "PROBLEM_BASE",
     "SAFE_REPLAY_HEADERS",
     "HttpAnswer",
-    "RedactorLike",
     "claim_answer",
+    "declared_length",
+    "invalid_length_problem",
     "key_invalid_problem",
     "parse_idempotency_key",
     "problem",
+    "reason_phrase",
     "replay_answer",
     "replay_header_names",
     "safe_asgi_headers",
@@ -38,6 +41,9 @@ __all__ = [
 PROBLEM_BASE: Final = "https://fintech-resilience.dev/problems/"
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
 MAX_KEY_LENGTH: Final = 255
+#: A Content-Length with more digits than this is refused (400): 18 digits already exceed any
+#: body bound, and ``int()`` of a few thousand digits raises instead of answering.
+MAX_LENGTH_DIGITS: Final = 18
 
 #: Response headers a replay carries by default (lower case).
 SAFE_REPLAY_HEADERS: Final = frozenset({
@@ -51,15 +57,6 @@ NEVER_REPLAYED_HEADERS: Final = frozenset({
     "proxy-authenticate", "www-authenticate", "connection", "keep-alive", "transfer-encoding",
     "te", "trailer", "upgrade", "content-length", "date", "idempotent-replayed",
 })
-
-
-@runtime_checkable
-class RedactorLike(Protocol):
-    """Anything with ``redact_bytes`` (e.g. :class:`fintech_resilience.redaction.Redactor`)."""
-
-    def redact_bytes(self, data: bytes, content_type: str | None = None) -> bytes:
-        """Return ``data`` with card numbers and sensitive fields masked."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +88,30 @@ def problem(status: int, kind: str, title: str, detail: str, *, base: str = PROB
     if retry_after is not None:
         out.append(("retry-after", str(max(1, math.ceil(retry_after)))))
     return HttpAnswer(status, tuple(out), body)
+
+
+def declared_length(value: bytes | str) -> int | None:
+    """A request's ``Content-Length``: None when absent (empty), -1 when malformed.
+
+    RFC 9110 allows ASCII digits only (``str.isdigit`` also accepts ``"²"`` and ``"٣"``, which
+    ``int()`` refuses or reads as another number); more than 18 digits counts as malformed.
+    """
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip(" \t")
+    if not text:
+        return None
+    if len(text) > MAX_LENGTH_DIGITS or not (text.isascii() and text.isdigit()):
+        return -1
+    return int(text)
+
+
+def reason_phrase(status: int) -> str:
+    """The standard reason phrase of ``status`` (``201`` -> ``"Created"``) for a WSGI status
+    line; ``"Unknown"`` for a code HTTP does not name."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 def parse_idempotency_key(values: Sequence[bytes | str]) -> str | None:
@@ -175,7 +196,8 @@ def claim_answer(outcome: ClaimOutcome, *, retry_after: float = 0.0,
         return problem(409, "idempotency-response-not-replayable",
                        "The original response cannot be replayed",
                        f"The request with this Idempotency-Key completed (status {code}), but"
-                       " its response was too large to store; it will not run again.",
+                       " its response was not kept (too large to store, or in a content"
+                       " encoding that could not be redacted); it will not run again.",
                        base=base)
     return replay_answer(stored)
 
@@ -194,6 +216,13 @@ def too_large_problem(limit: int, *, base: str = PROBLEM_BASE) -> HttpAnswer:
     """413 for a request body above the idempotency middleware's bound."""
     return problem(413, "idempotency-request-too-large", "Request body too large",
                    f"Requests with an Idempotency-Key may carry at most {limit} bytes.", base=base)
+
+
+def invalid_length_problem(*, base: str = PROBLEM_BASE) -> HttpAnswer:
+    """400 for a ``Content-Length`` that is not 1-18 ASCII digits (never executed)."""
+    return problem(400, "invalid-content-length", "Content-Length is invalid",
+                   "Content-Length must be a decimal number of bytes (ASCII digits only).",
+                   base=base)
 
 
 def unavailable_problem(retry_after: float, *, base: str = PROBLEM_BASE) -> HttpAnswer:

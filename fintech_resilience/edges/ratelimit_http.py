@@ -321,7 +321,7 @@ class RateLimitCore:
                 return Verdict(True, decisions=decisions)
             return Verdict(True, headers=_fields(decided), decisions=decisions)
         label = refused.policy_label
-        if refused.fallback is not None:  # on_backend_error="deny" refused: not the client's fault
+        if not refused.measured:  # on_backend_error="deny" refused: not the client's fault
             status, headers, body = problem(
                 503, type_=TEMPORARY_REDUCED_CAPACITY, retry_after=refused.retry_after,
                 detail="The rate limit store is unavailable; retry later.",

@@ -26,6 +26,7 @@ __all__ = ["AesGcmCipher", "Cipher", "DecryptionError"]
 
 _VERSION = 1
 _NONCE_BYTES = 12
+_TAG_BYTES = 16
 _KEY_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
@@ -107,6 +108,8 @@ class AesGcmCipher:
         if len(envelope) < 2 or envelope[0] != _VERSION:
             raise DecryptionError("not an AesGcmCipher envelope")
         end = 2 + envelope[1]
+        if len(envelope) < end + _NONCE_BYTES + _TAG_BYTES:
+            raise DecryptionError("stored value is truncated (shorter than key id, nonce and tag)")
         kid = envelope[2:end]
         aead = self._aeads.get(kid)
         if aead is None:

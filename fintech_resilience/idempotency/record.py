@@ -29,6 +29,7 @@ from ..errors import (
     IdempotencyError,
     IdempotencyInProgress,
     IdempotencyKeyMismatch,
+    IdempotencyNotReplayable,
     IdempotencyOutcomeUnknown,
 )
 
@@ -245,8 +246,8 @@ class JsonSerializer:
         return "JsonSerializer()"
 
 
-def exception_type_name(exc_type: type[BaseException]) -> str:
-    """``module:qualname`` of an exception class (how stored exceptions name their type)."""
+def exception_type_name(exc_type: type[Any]) -> str:
+    """``module:qualname`` of a class (how stored exceptions and results name their type)."""
     return f"{exc_type.__module__}:{exc_type.__qualname__}"
 
 
@@ -279,27 +280,38 @@ def duplicate_outcome(outcome: ClaimOutcome, retry_after: float, stored: StoredR
             "the first call with this key stopped renewing its lease while it ran; it may or may"
             " not have taken effect"
         )
+    result_type = dict(stored.headers).get("type") if stored is not None else None
     if stored is None or not stored.replayable:
-        raise IdempotencyError("the first call with this key completed, but its result could"
-                               " not be stored; it will not run again")
+        raise IdempotencyNotReplayable(
+            "the first call with this key completed, but its result"
+            f"{f' ({result_type})' if result_type else ''} could not be stored; it will not"
+            " run again", result_type)
     if stored.kind == "exception":
         exc = rebuild_exception(stored, store_exceptions, serializer.loads)
         if exc is None:
             raise IdempotencyError("the first call with this key raised an exception that"
                                    " cannot be rebuilt here")
         raise exc
-    return serializer.loads(stored.body)
+    try:
+        return serializer.loads(stored.body)
+    except Exception as exc:  # a codec that changed, a class no longer allowed, redacted fields
+        raise IdempotencyNotReplayable(
+            "the first call with this key completed, but its stored result cannot be rebuilt"
+            f" here ({type(exc).__name__}); it will not run again", result_type) from exc
 
 
 def result_response(result: Any, serializer: Serializer) -> StoredResponse:
-    """The stored form of a decorated function's result (not replayable if unserialisable)."""
+    """The stored form of a decorated function's result. A result the serialiser refuses is
+    recorded as "completed, not replayable" with its type name (never its value): duplicates
+    get :class:`~fintech_resilience.IdempotencyNotReplayable` and the call never runs twice."""
     try:
         return StoredResponse("result", body=serializer.dumps(result))
-    except (TypeError, ValueError):
-        logging.getLogger("fintech_resilience").exception(
-            "idempotent result of type %s cannot be serialised; duplicates will get"
-            " IdempotencyError", type(result).__qualname__)
-        return StoredResponse("result", replayable=False)
+    except (TypeError, ValueError) as exc:
+        result_type = exception_type_name(type(result))
+        logging.getLogger("fintech_resilience").error(
+            "idempotent result of type %s cannot be stored (%s); the call completed and will"
+            " not run again, duplicates get IdempotencyNotReplayable", result_type, exc)
+        return StoredResponse("result", headers=(("type", result_type),), replayable=False)
 
 
 def exception_response(exc: BaseException, serializer: Serializer) -> StoredResponse:

@@ -45,11 +45,12 @@ from ..core import storage_keys as _keys
 from ..core import telemetry
 from ..core.clock import Clock
 from ..core.per_loop import PerLoop
-from ..edges.http import RedactorLike
+from ..core.redaction import RedactorLike
 from ..errors import (
     BackendUnavailable,
     ConfigurationError,
 )
+from .codec import JsonCodec, ResultCodec, return_annotation
 from .crypto import Cipher
 from .record import (
     ClaimOutcome,
@@ -66,6 +67,7 @@ from .record import (
     parse_complete,
     result_response,
 )
+from .stored_redaction import redact_stored
 
 __all__ = [
     "AUDIT_LOGGER",
@@ -73,7 +75,9 @@ __all__ = [
     "ClaimOutcome",
     "IdempotencyContext",
     "IdempotencyStore",
+    "JsonCodec",
     "JsonSerializer",
+    "ResultCodec",
     "StoredResponse",
     "current_idempotency",
     "idempotent",
@@ -400,20 +404,20 @@ class IdempotencyStore:
     def encode(self, claim: Claim, response: StoredResponse) -> bytes:
         """The stored form of ``response``: redacted, then encrypted.
 
-        HTTP bodies are redacted according to their content type; function results and
-        exceptions when they are JSON (the default serializer), so replays still deserialise.
-        Other serialisations are stored as they are: encrypt them (``cipher=``) if they can
-        carry card data.
+        HTTP responses: header values and the body (by its content type; a compressed body is
+        decoded, redacted and encoded again, or not stored when it cannot be read - see
+        :mod:`fintech_resilience.idempotency.stored_redaction`). Function results and exceptions
+        when they are JSON (the default serializer), so replays still deserialise. Other
+        serialisations are stored as they are: encrypt them (``cipher=``) if they can carry card
+        data.
         """
-        if self.redactor is not None and response.body:
-            if response.kind == "http":
-                content_type = next(
-                    (v for n, v in response.headers if n.lower() == "content-type"), None)
-            else:
-                content_type = "application/json" if _is_json(response.body) else None
-                if content_type is None:
-                    return encode_response(response, cipher=self.cipher,
-                                           associated_data=claim.record_key.encode())
+        if self.redactor is not None and response.kind == "http":
+            response = redact_stored(response, self.redactor)
+        elif self.redactor is not None and response.body:
+            content_type = "application/json" if _is_json(response.body) else None
+            if content_type is None:
+                return encode_response(response, cipher=self.cipher,
+                                       associated_data=claim.record_key.encode())
             body = self.redactor.redact_bytes(response.body, content_type)
             if body != response.body:
                 response = StoredResponse(response.kind, response.status, response.headers, body,
@@ -722,7 +726,7 @@ class _LoopRenewer:
 def idempotent(store: IdempotencyStore, *, key: Callable[..., KeyArg],
                scope: Callable[..., KeyArg] | None = None, global_scope: bool = False,
                fingerprint: Callable[..., bytes | str] | None = None,
-               serializer: Serializer | None = None,
+               codec: ResultCodec | None = None, serializer: Serializer | None = None,
                store_exceptions: Sequence[type[BaseException]] = (),
                route: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Run a sync or async function once per key; duplicates get the stored result.
@@ -734,14 +738,25 @@ def idempotent(store: IdempotencyStore, *, key: Callable[..., KeyArg],
     :param fingerprint: callable returning what must be identical for a duplicate (e.g. the
         payload); a different value raises :class:`~fintech_resilience.IdempotencyKeyMismatch`.
         Default: the key alone identifies the call.
-    :param serializer: stores results (``dumps``/``loads``); default JSON.
+    :param codec: stores results and rebuilds them for duplicates (a
+        :class:`~fintech_resilience.ResultCodec`); default
+        :class:`~fintech_resilience.JsonCodec`, which keeps dataclasses, Pydantic models,
+        tuples, Decimal, datetime, UUID, ... as their types. When the function is decorated the
+        codec checks its return annotation: a type it cannot store raises
+        :class:`~fintech_resilience.ConfigurationError` then, not after money moved.
+    :param serializer: an object with ``dumps``/``loads`` only (no annotation check); prefer
+        ``codec=``.
     :param store_exceptions: exceptions that are outcomes (a card decline): stored and re-raised
         to duplicates. Any other exception releases the key, so a retry runs again.
     :param route: names the operation in the record key (default: the function's qualified name).
 
     Duplicates raise :class:`~fintech_resilience.IdempotencyInProgress`,
     :class:`~fintech_resilience.IdempotencyKeyMismatch` or
-    :class:`~fintech_resilience.IdempotencyOutcomeUnknown` as the claim decides.
+    :class:`~fintech_resilience.IdempotencyOutcomeUnknown` as the claim decides. A result the
+    codec still cannot store after the function ran is recorded as "completed, not replayable"
+    (its type name only): duplicates raise
+    :class:`~fintech_resilience.IdempotencyNotReplayable` until the record's TTL, and the
+    function never runs twice for the key.
     """
     if scope is None and not global_scope:
         raise ConfigurationError(
@@ -750,12 +765,22 @@ def idempotent(store: IdempotencyStore, *, key: Callable[..., KeyArg],
         )
     if not callable(key):
         raise ConfigurationError("key must be a callable receiving the call's arguments")
-    ser: Serializer = serializer if serializer is not None else JsonSerializer()
+    if codec is not None and serializer is not None:
+        raise ConfigurationError("pass codec= or serializer=, not both (serializer= is the older"
+                                 " name for a codec without the annotation check)")
+    chosen: Serializer = codec if codec is not None else (
+        serializer if serializer is not None else JsonCodec())
+    for method in ("dumps", "loads"):
+        if not callable(getattr(chosen, method, None)):
+            raise ConfigurationError(f"codec needs dumps(value) -> bytes and loads(bytes);"
+                                     f" {chosen!r} has no {method}")
     stored_types = tuple(store_exceptions)
     scope_of: Callable[..., KeyArg] = scope if scope is not None else (lambda *_a, **_k: "*")
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         name = route or f"{fn.__module__}.{fn.__qualname__}"
+        bind = getattr(chosen, "for_return", None)
+        ser: Serializer = bind(return_annotation(fn)) if callable(bind) else chosen
 
         def prepare(args: Any, kwargs: Any) -> tuple[str, str, str | None]:
             who = scope_of(*args, **kwargs)

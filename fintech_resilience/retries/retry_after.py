@@ -38,7 +38,7 @@ def parse_retry_after(value: Any, now: float) -> float | None:
         text = text.strip()
         if not text or len(text) > _MAX_HEADER_LENGTH:
             return None
-        if text.isdigit():
+        if text.isascii() and text.isdigit():  # "²" and "٣" are digits to str, not to HTTP
             seconds = float(text)
         else:
             try:

@@ -20,6 +20,8 @@ from ..http import (
     SAFE_REPLAY_HEADERS,
     HttpAnswer,
     claim_answer,
+    declared_length,
+    invalid_length_problem,
     key_invalid_problem,
     parse_idempotency_key,
     replay_header_names,
@@ -178,12 +180,17 @@ class IdempotencyMiddleware(IdempotencyEdge[ASGIApp, Scope]):
         await self._execute(scope, receive, send, claim, body)
 
     async def _read_body(self, declared: bytes, receive: Receive, send: Send) -> bytes | None:
-        """The whole request body, or None after answering 413 (or on disconnect).
+        """The whole request body, or None after answering 400 or 413 (or on disconnect).
         ``declared`` is the request's Content-Length (empty if it has none)."""
         limit = self.max_body_bytes
-        if declared.isdigit() and int(declared) > limit:
-            await send_answer(send, too_large_problem(limit, base=self.base))
-            return None
+        if declared:
+            length = declared_length(declared)
+            if length is not None and length < 0:
+                await send_answer(send, invalid_length_problem(base=self.base))
+                return None
+            if length is not None and length > limit:
+                await send_answer(send, too_large_problem(limit, base=self.base))
+                return None
         chunks: list[bytes] = []
         size = 0
         while True:

@@ -15,8 +15,11 @@ from ..asgi.idempotency import IdempotencyEdge
 from ..http import (
     HttpAnswer,
     claim_answer,
+    declared_length,
+    invalid_length_problem,
     key_invalid_problem,
     parse_idempotency_key,
+    reason_phrase,
     safe_headers,
     scope_missing_problem,
     too_large_problem,
@@ -34,27 +37,23 @@ __all__ = ["IdempotencyMiddleware", "finish_claim", "open_claim"]
 
 logger = logging.getLogger("fintech_resilience")
 
-_STATUS_TEXT = {400: "Bad Request", 409: "Conflict", 413: "Content Too Large",
-                422: "Unprocessable Content", 500: "Internal Server Error",
-                503: "Service Unavailable"}
-
-
 def answer_wsgi(start_response: StartResponse, answer: HttpAnswer) -> list[bytes]:
     """Start and return a complete :class:`~fintech_resilience.edges.http.HttpAnswer`."""
-    text = _STATUS_TEXT.get(answer.status, "OK")
-    start_response(f"{answer.status} {text}", answer.wsgi_headers())
+    start_response(f"{answer.status} {reason_phrase(answer.status)}", answer.wsgi_headers())
     return [answer.body]
 
 
 def open_claim(store: IdempotencyStore, *, method: str, raw_key: str | None, required: bool,
                principal_of: Callable[[], Any], path: str, query: bytes,
-               read_body: Callable[[], bytes | None], max_body_bytes: int,
+               read_body: Callable[[], bytes | HttpAnswer | None], max_body_bytes: int,
                origination: str | None, base: str) -> HttpAnswer | Claim | None:
     """Everything before the handler runs, for the WSGI and Django middlewares.
 
     Returns None when the request carries no key and none is required (run it unprotected), an
     :class:`~fintech_resilience.edges.http.HttpAnswer` to send instead of running the handler (400,
     413, 500, 503, 409, 422 or the replay), or the :class:`Claim` to run the handler under.
+    ``read_body`` returns the body, None when it is above ``max_body_bytes``, or an answer (a
+    malformed Content-Length).
     """
     try:
         key = parse_idempotency_key([] if raw_key is None else [raw_key])
@@ -72,6 +71,8 @@ def open_claim(store: IdempotencyStore, *, method: str, raw_key: str | None, req
     body = read_body()
     if body is None:
         return too_large_problem(max_body_bytes, base=base)
+    if isinstance(body, HttpAnswer):
+        return body
     record = store.record_key(key, scope=principal, method=method, route=path)
     fingerprint = store.fingerprint(method, path, query, body)
     try:
@@ -124,13 +125,15 @@ class IdempotencyMiddleware(IdempotencyEdge["WSGIApplication", "WSGIEnvironment"
             return answer_wsgi(start_response, outcome)
         return self._execute(environ, start_response, outcome)
 
-    def _read_body(self, environ: WSGIEnvironment) -> bytes | None:
-        """The whole body (and a rewound ``wsgi.input``), or None when above the bound."""
+    def _read_body(self, environ: WSGIEnvironment) -> bytes | HttpAnswer | None:
+        """The whole body (and a rewound ``wsgi.input``), None when above the bound, or the 400
+        for a malformed ``CONTENT_LENGTH``."""
         limit = self.max_body_bytes
         stream = environ.get("wsgi.input")
-        length_text = environ.get("CONTENT_LENGTH") or ""
-        if length_text.isdigit():
-            length = int(length_text)
+        length = declared_length(environ.get("CONTENT_LENGTH") or "")
+        if length is not None:
+            if length < 0:
+                return invalid_length_problem(base=self.base)
             if length > limit:
                 return None
             body = stream.read(length) if stream is not None and length else b""
