@@ -421,6 +421,10 @@ class IdempotencyStore:
                                associated_data=claim.record_key.encode())
 
     def _cas_result(self, op: str, claim: Claim, raw: Any) -> bool:
+        if isinstance(raw, BackendUnavailable):
+            self.audit(f"{op}_failed", claim.key_hash, claim.fencing_token, level=logging.ERROR,
+                       error=str(raw))
+            return False
         if isinstance(raw, Fallback):
             self.audit(f"{op}_failed", claim.key_hash, claim.fencing_token, level=logging.ERROR)
             return False
@@ -440,14 +444,22 @@ class IdempotencyStore:
 
     def complete(self, claim: Claim, response: StoredResponse) -> bool:
         """Store ``response`` if ``claim`` still owns a live lease (compare-and-set); False if the
-        lease was lost (the record then reports "outcome unknown" or belongs to a newer claim)."""
+        lease was lost (the record then reports "outcome unknown" or belongs to a newer claim).
+
+        Never raises for a failing backend, whatever ``on_backend_error`` says: the handler has
+        run, so its answer must reach the caller. The write (or, with ``wait_replicas``, the
+        ``WAIT``) failing is audited as ``complete_failed`` and False is returned; the record
+        may then be completed or still in progress - duplicates get the replay, or 409 until
+        the lease expires and "outcome unknown" after it, never a second execution."""
         if claim.fallback:
             return False
         args = self._complete_args(claim, response)
-        if self.wait_replicas:
-            return self._cas_result("complete", claim, self._complete_and_wait(claim, args))
-        return self._cas_result("complete", claim,
-                                self._guard.run("idempotency_complete", [claim.record_key], args))
+        try:
+            raw = (self._complete_and_wait(claim, args) if self.wait_replicas else
+                   self._guard.run("idempotency_complete", [claim.record_key], args))
+        except BackendUnavailable as exc:
+            raw = exc
+        return self._cas_result("complete", claim, raw)
 
     async def acomplete(self, claim: Claim, response: StoredResponse) -> bool:
         """Async twin of :meth:`complete` (with ``wait_replicas``, the write and ``WAIT`` run in a
@@ -455,26 +467,39 @@ class IdempotencyStore:
         if claim.fallback:
             return False
         args = self._complete_args(claim, response)
-        if self.wait_replicas:
-            raw = await asyncio.to_thread(self._complete_and_wait, claim, args)
-            return self._cas_result("complete", claim, raw)
-        return self._cas_result(
-            "complete", claim,
-            await self._guard.arun("idempotency_complete", [claim.record_key], args))
+        try:
+            raw = (await asyncio.to_thread(self._complete_and_wait, claim, args)
+                   if self.wait_replicas else
+                   await self._guard.arun("idempotency_complete", [claim.record_key], args))
+        except BackendUnavailable as exc:
+            raw = exc
+        return self._cas_result("complete", claim, raw)
 
     def release(self, claim: Claim) -> bool:
-        """Free the key (the handler failed) if ``claim`` still owns a live lease."""
+        """Free the key (the handler failed) if ``claim`` still owns a live lease.
+
+        Like :meth:`complete`, never raises for a failing backend (the handler's own error or
+        answer must reach the caller): audited as ``release_failed``, False returned, and the
+        record stays in progress until its lease expires ("outcome unknown" after it)."""
         if claim.fallback:
             return False
-        return self._cas_result("release", claim, self._guard.run(
-            "idempotency_release", [claim.record_key], (self._now(), claim.owner, 0)))
+        try:
+            raw = self._guard.run("idempotency_release", [claim.record_key],
+                                  (self._now(), claim.owner, 0))
+        except BackendUnavailable as exc:
+            raw = exc
+        return self._cas_result("release", claim, raw)
 
     async def arelease(self, claim: Claim) -> bool:
         """Async twin of :meth:`release`."""
         if claim.fallback:
             return False
-        return self._cas_result("release", claim, await self._guard.arun(
-            "idempotency_release", [claim.record_key], (self._now(), claim.owner, 0)))
+        try:
+            raw = await self._guard.arun("idempotency_release", [claim.record_key],
+                                         (self._now(), claim.owner, 0))
+        except BackendUnavailable as exc:
+            raw = exc
+        return self._cas_result("release", claim, raw)
 
     def renew(self, claim: Claim) -> bool:
         """Extend the lease by ``lease`` seconds; False once it was lost."""
