@@ -18,6 +18,7 @@ from .bulkhead import Bulkhead
 from .concurrency import ConcurrencyLimiter, Slot
 from .crypto import AesGcmCipher
 from .errors import (
+    BackendFull,
     BackendUnavailable,
     BulkheadFull,
     CircuitOpen,
@@ -51,6 +52,7 @@ __all__ = [
     "AuditLog",
     "AuditRecord",
     "Backend",
+    "BackendFull",
     "BackendUnavailable",
     "BreakerState",
     "Bulkhead",

@@ -62,6 +62,7 @@ from .backends.memory import MemoryBackend, default_backend
 from .backends.redis import RedisBackend
 from .crypto import Cipher
 from .errors import (
+    BackendFull,
     BackendUnavailable,
     ConfigurationError,
 )
@@ -210,8 +211,10 @@ def _number(value: object, what: str, low: float, high: float) -> float:
 class IdempotencyStore:
     """Where idempotency records live, and the rules they follow.
 
-    :param backend: default a process-wide :class:`MemoryBackend`; a :class:`RedisBackend` shares
-        records between workers and hosts.
+    :param backend: default a process-wide :class:`MemoryBackend` (where records are never
+        evicted: past its ``max_records`` live records, new claims are refused with
+        :class:`~fintech_resilience.BackendFull`); a :class:`RedisBackend` shares records between
+        workers and hosts.
     :param ttl: seconds a record is kept after its claim and after its completion (default 24 h).
     :param lease: seconds a running handler owns the key without renewal (renewed every
         ``lease / 3`` while it runs); after it, duplicates get "outcome unknown".
@@ -336,6 +339,9 @@ class IdempotencyStore:
             if raw is not ALLOW:
                 self.audit("backend_unavailable", record_key.rsplit(":", 1)[-1].rstrip("}"), 0,
                            level=logging.WARNING)
+                if isinstance(raw.cause, BackendFull):
+                    raise BackendFull(f"idempotency store {self.name!r}: {raw.cause}; nothing was"
+                                      " executed") from raw.cause
                 raise BackendUnavailable(
                     f"idempotency store {self.name!r}: backend unavailable and"
                     f" on_backend_error={self.on_backend_error!r}; nothing was executed"

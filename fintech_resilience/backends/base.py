@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from .. import telemetry
-from ..errors import BackendUnavailable, ConfigurationError
+from ..errors import BackendFull, BackendUnavailable, ConfigurationError
 
 if TYPE_CHECKING:
     from .memory import MemoryBackend
@@ -87,12 +87,17 @@ class LocalReply(list[Any]):
 
 
 class Fallback:
-    """A decision an ``on_backend_error`` policy took instead of the backend."""
+    """A decision an ``on_backend_error`` policy took instead of the backend.
 
-    __slots__ = ("allow",)
+    ``cause`` is set when the backend's refusal says more than "unavailable" (a full
+    :class:`~fintech_resilience.MemoryBackend`: :class:`~fintech_resilience.BackendFull`).
+    """
 
-    def __init__(self, allow: bool) -> None:
+    __slots__ = ("allow", "cause")
+
+    def __init__(self, allow: bool, cause: BackendUnavailable | None = None) -> None:
         self.allow = allow
+        self.cause = cause
 
     def __repr__(self) -> str:
         return "ALLOW" if self.allow else "DENY"
@@ -180,7 +185,9 @@ class BackendGuard:
         """Return ALLOW/DENY, or None for "run locally"; re-raise under the "raise" policy."""
         if self.policy == "raise":
             raise exc
-        if not self._failing:
+        # a full memory backend refuses one kind of write and logs that itself; it still
+        # answers everything else, so it is no switch to the fallback and back
+        if not self._failing and not isinstance(exc, BackendFull):
             with self._lock:
                 first, self._failing = not self._failing, True
             if first:
@@ -192,7 +199,9 @@ class BackendGuard:
             telemetry.emit_fallback(self.pattern, self.name, self.policy, exc)
         if self.policy == "local":
             return None
-        return ALLOW if self.policy == "allow" else DENY
+        if self.policy == "allow":
+            return ALLOW
+        return Fallback(False, exc) if isinstance(exc, BackendFull) else DENY
 
     def _recovered(self) -> None:
         with self._lock:
