@@ -17,6 +17,7 @@ from .breaker import BreakerState, CircuitBreaker, CountWindow, TimeWindow, Tran
 from .core.outcomes import Outcome, Verdict, on_exceptions, on_result, on_status
 from .core.redaction import Redactor
 from .errors import (
+    BackendFull,
     BackendUnavailable,
     BulkheadFull,
     CircuitOpen,
@@ -68,6 +69,7 @@ __all__ = [
     "AuditLog",
     "AuditRecord",
     "Backend",
+    "BackendFull",
     "BackendUnavailable",
     "BreakerState",
     "Bulkhead",

@@ -6,6 +6,7 @@ decision. The tree::
     ResilienceError
     ├── ConfigurationError          bad configuration or bad input (rate string, key, cost, ...)
     ├── BackendUnavailable          the shared store (Redis) failed, timed out or is cooling down
+    │   └── BackendFull             a bounded MemoryBackend refuses a new idempotency record
     ├── RateLimited                 a rate limit said no; carries the Decision
     ├── ConcurrencyLimited          every concurrency slot is taken
     ├── CircuitOpen                 a circuit breaker refuses calls; carries retry_after
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from .ratelimit.limiter import Decision
 
 __all__ = [
+    "BackendFull",
     "BackendUnavailable",
     "BulkheadFull",
     "CircuitOpen",
@@ -72,6 +74,16 @@ class BackendUnavailable(ResilienceError):
 
     Patterns catch it and apply their ``on_backend_error`` policy; it reaches callers only with
     ``on_backend_error="raise"`` or from operator commands.
+    """
+
+
+class BackendFull(BackendUnavailable):
+    """A :class:`~fintech_resilience.MemoryBackend` holds ``max_records`` live idempotency
+    records and refuses a new one rather than forget a record it holds.
+
+    Patterns apply ``on_backend_error`` to the refused operation (the idempotency default,
+    ``"deny"``, refuses the request: HTTP 503), while every other operation - replays,
+    completions, other patterns' decisions - goes on.
     """
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from .core.clock import ManualClock
 
-__all__ = ["ManualClock", "is_test_mode", "set_test_mode", "test_mode"]
+__all__ = ["ManualClock", "is_test_mode", "reset_default_backend", "set_test_mode", "test_mode"]
 
 _state = threading.local()
 _global = {"on": False}
@@ -39,6 +39,15 @@ def test_mode(on: bool = True) -> Iterator[None]:  # noqa: PT028 - not a test
         yield
     finally:
         _state.on = previous
+
+
+def reset_default_backend() -> None:
+    """Forget all state of the patterns that were given no backend (the process-wide
+    :class:`~fintech_resilience.MemoryBackend`): limits, breakers, budgets, slots, audit
+    streams and idempotency records. Call it between tests that use the zero-config default."""
+    from .backends.memory import default_backend
+
+    default_backend().clear()
 
 
 test_mode.__test__ = False  # type: ignore[attr-defined]  # not a pytest test

@@ -264,7 +264,8 @@ def test_wired_sinks_keep_no_pan(doc: Any, pan: str) -> None:
         library.removeHandler(handler)
         library.setLevel(old_level)
 
-    stored = [repr(entry[0]) for entry in backend.store.data.values()]
+    stored = [repr(entry[0]) for entry in
+              (*backend.store.data.values(), *backend.records.data.values())]
     assert {r.event_type for r in records} >= {"idempotency.replay", "idempotency.mismatch",
                                                 "ratelimit.limit_hit", "operator.override"}
     outputs = [replay[1].decode("utf-8", "replace"), *stored, *lines,

@@ -21,10 +21,13 @@ import abc
 import functools
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 from ..core import telemetry
-from ..errors import BackendUnavailable, ConfigurationError
+from ..errors import BackendFull, BackendUnavailable, ConfigurationError
+
+if TYPE_CHECKING:
+    from .memory import MemoryBackend
 
 __all__ = [
     "ALLOW",
@@ -97,12 +100,17 @@ class LocalReply(list[Any]):
 
 
 class Fallback:
-    """A decision an ``on_backend_error`` policy took instead of the backend."""
+    """A decision an ``on_backend_error`` policy took instead of the backend.
 
-    __slots__ = ("allow",)
+    ``cause`` is set when the backend's refusal says more than "unavailable" (a full
+    :class:`~fintech_resilience.MemoryBackend`: :class:`~fintech_resilience.BackendFull`).
+    """
 
-    def __init__(self, allow: bool) -> None:
+    __slots__ = ("allow", "cause")
+
+    def __init__(self, allow: bool, cause: BackendUnavailable | None = None) -> None:
         self.allow = allow
+        self.cause = cause
 
     def __repr__(self) -> str:
         return "ALLOW" if self.allow else "DENY"
@@ -122,10 +130,12 @@ class BackendGuard:
     * ``"raise"``: :class:`~fintech_resilience.BackendUnavailable` propagates.
 
     Every fallback is counted in the ``resilience.backend.fallbacks`` metric; the switch to and
-    from the fallback is logged once per transition, not per call.
+    from the fallback is logged once per transition, not per call (also when several threads
+    fail or recover at once).
     """
 
-    __slots__ = ("_failing", "_local", "_lock", "backend", "name", "pattern", "policy")
+    __slots__ = ("_failing", "_local", "_lock", "backend", "name", "pattern", "policy",
+                 "prepare_local")
 
     def __init__(self, pattern: str, name: str, backend: Backend, policy: str) -> None:
         if policy not in ON_BACKEND_ERROR_CHOICES:
@@ -137,12 +147,15 @@ class BackendGuard:
         self.name = name
         self.backend = backend
         self.policy: OnBackendError = policy  # type: ignore[assignment]
-        self._local: Backend | None = None
+        self._local: MemoryBackend | None = None
         self._failing = False
         self._lock = threading.Lock()
+        #: called with :attr:`local` before every operation that runs there, so a pattern can
+        #: first put in it what it last learned from the backend (a breaker's state)
+        self.prepare_local: Callable[[MemoryBackend], None] | None = None
 
     @property
-    def local(self) -> Backend:
+    def local(self) -> MemoryBackend:
         """The per-process backend used by the ``"local"`` policy (created on first use)."""
         if self._local is None:
             from .memory import MemoryBackend
@@ -181,27 +194,38 @@ class BackendGuard:
         return result
 
     def _run_local(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        result = self.local.run(script, keys, args)
+        local = self.local
+        if self.prepare_local is not None:
+            self.prepare_local(local)
+        result = local.run(script, keys, args)
         return LocalReply(result) if isinstance(result, list) else result
 
     def _fall_back(self, exc: BackendUnavailable) -> Fallback | None:
         """Return ALLOW/DENY, or None for "run locally"; re-raise under the "raise" policy."""
         if self.policy == "raise":
             raise exc
-        if not self._failing:
-            self._failing = True
-            telemetry.logger.warning(
-                "%s %r: backend unavailable (%s); on_backend_error=%r until it recovers",
-                self.pattern, self.name, exc, self.policy,
-            )
+        # a full memory backend refuses one kind of write and logs that itself; it still
+        # answers everything else, so it is no switch to the fallback and back
+        if not self._failing and not isinstance(exc, BackendFull):
+            with self._lock:
+                first, self._failing = not self._failing, True
+            if first:
+                telemetry.logger.warning(
+                    "%s %r: backend unavailable (%s); on_backend_error=%r until it recovers",
+                    self.pattern, self.name, exc, self.policy,
+                )
         if telemetry.active():
             telemetry.emit_fallback(self.pattern, self.name, self.policy, exc)
         if self.policy == "local":
             return None
-        return ALLOW if self.policy == "allow" else DENY
+        if self.policy == "allow":
+            return ALLOW
+        return Fallback(False, exc) if isinstance(exc, BackendFull) else DENY
 
     def _recovered(self) -> None:
-        self._failing = False
-        telemetry.logger.warning(
-            "%s %r: backend recovered; decisions are shared again", self.pattern, self.name
-        )
+        with self._lock:
+            first, self._failing = self._failing, False
+        if first:
+            telemetry.logger.warning(
+                "%s %r: backend recovered; decisions are shared again", self.pattern, self.name
+            )

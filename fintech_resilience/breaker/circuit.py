@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
 from ..audit import log as _audit
-from ..backends.base import Backend, BackendGuard, Fallback, OnBackendError
+from ..backends.base import Backend, BackendGuard, Fallback, LocalReply, OnBackendError
 from ..backends.memory import MemoryBackend, default_backend
-from ..backends.memory_ops.breaker import closed_success_bound
+from ..backends.memory_ops.breaker import closed_success_bound, seed
 from ..core import storage_keys as _keys
 from ..core import telemetry
 from ..core.clock import Clock
@@ -99,8 +100,9 @@ class CircuitBreaker:
     :param fallback: called as ``fallback(error, *args, **kwargs)`` instead of raising
         :class:`CircuitOpen` from a decorated call or :meth:`call`.
     :param listeners: callables receiving every :class:`Transition` this process sees.
-    :param on_backend_error: ``"local"`` (default: a per-process breaker continues), ``"allow"``,
-        ``"deny"`` or ``"raise"``.
+    :param on_backend_error: ``"local"`` (default: a per-process breaker continues from the
+        last state this process learned - a known OPEN rejects until its break ends, FORCED_OPEN
+        until the backend answers again), ``"allow"``, ``"deny"`` or ``"raise"``.
     :param refresh_interval: while rejecting locally, ask the backend at most this often (so
         ``reset()`` elsewhere is seen within it); 0 asks on every rejected call.
     :param ask_every_call: ask the backend before every call (strict consistency, 2 round trips).
@@ -157,6 +159,12 @@ class CircuitBreaker:
         self._refresh = self.settings.refresh_interval
         self._view: View | None = None
         self._seq = 0
+        # the view last learned from the backend itself, and the one the local fallback was
+        # last given (see _prepare_local)
+        self._shared: View | None = None
+        self._seeded: View | None = None
+        self._seed_lock = threading.Lock()
+        self._guard.prepare_local = self._prepare_local
         # the memory backend with a count window: successes in CLOSED counted in place
         self._closed_success: Callable[[int], bool] | None = None
         window = self.settings.window
@@ -248,6 +256,8 @@ class CircuitBreaker:
             return new  # an older reply overtaken by a newer one: keep the newer view
         self._view = new
         self._seq += 1
+        if type(reply) is not LocalReply:
+            self._shared = new
         previous = int(reply[4])
         if previous >= 0:
             self._notify(Transition(self.name, BreakerState(previous), new.state, True,
@@ -255,6 +265,27 @@ class CircuitBreaker:
         elif old is not None and old.state is not new.state:
             self._notify(Transition(self.name, old.state, new.state, False, new.retry_after))
         return new
+
+    def _prepare_local(self, local: MemoryBackend) -> None:
+        """Before the local fallback (``on_backend_error="local"``) decides: if the backend
+        taught this process something since the fallback last heard, put that state into it,
+        so the fallback goes on from it - never from a fresh CLOSED breaker. From then on the
+        fallback's own decisions carry it forward, until the backend answers again."""
+        view = self._shared
+        if view is None or view is self._seeded:
+            return
+        with self._seed_lock:
+            if view is self._seeded:
+                return
+            now = self._mono()
+            now_us = self._now_us() or local.now_us()
+            # for states other than OPEN / FORCED_OPEN, ``until`` is when the view was learned
+            seed(local, self._keys[0], view.state, view.gen,
+                 break_ends_us=now_us + round((view.ends - now) * 1_000_000),
+                 counts=(view.calls, view.failures, view.slow_calls),
+                 counts_at_us=now_us - round((now - view.until) * 1_000_000),
+                 window=self._record_tail[:3], ttl_ms=self.settings.ttl_ms, now_us=now_us)
+            self._seeded = view
 
     def _notify(self, transition: Transition) -> None:
         if transition.caused_here:

@@ -47,6 +47,7 @@ from ..core.clock import Clock
 from ..core.per_loop import PerLoop
 from ..core.redaction import RedactorLike
 from ..errors import (
+    BackendFull,
     BackendUnavailable,
     ConfigurationError,
 )
@@ -215,8 +216,10 @@ def _number(value: object, what: str, low: float, high: float) -> float:
 class IdempotencyStore:
     """Where idempotency records live, and the rules they follow.
 
-    :param backend: default a process-wide :class:`MemoryBackend`; a :class:`RedisBackend` shares
-        records between workers and hosts.
+    :param backend: default a process-wide :class:`MemoryBackend` (where records are never
+        evicted: past its ``max_records`` live records, new claims are refused with
+        :class:`~fintech_resilience.BackendFull`); a :class:`RedisBackend` shares records between
+        workers and hosts.
     :param ttl: seconds a record is kept after its claim and after its completion (default 24 h).
     :param lease: seconds a running handler owns the key without renewal (renewed every
         ``lease / 3`` while it runs); after it, duplicates get "outcome unknown".
@@ -341,6 +344,9 @@ class IdempotencyStore:
             if raw is not ALLOW:
                 self.audit("backend_unavailable", record_key.rsplit(":", 1)[-1].rstrip("}"), 0,
                            level=logging.WARNING)
+                if isinstance(raw.cause, BackendFull):
+                    raise BackendFull(f"idempotency store {self.name!r}: {raw.cause}; nothing was"
+                                      " executed") from raw.cause
                 raise BackendUnavailable(
                     f"idempotency store {self.name!r}: backend unavailable and"
                     f" on_backend_error={self.on_backend_error!r}; nothing was executed"
@@ -426,6 +432,10 @@ class IdempotencyStore:
                                associated_data=claim.record_key.encode())
 
     def _cas_result(self, op: str, claim: Claim, raw: Any) -> bool:
+        if isinstance(raw, BackendUnavailable):
+            self.audit(f"{op}_failed", claim.key_hash, claim.fencing_token, level=logging.ERROR,
+                       error=str(raw))
+            return False
         if isinstance(raw, Fallback):
             self.audit(f"{op}_failed", claim.key_hash, claim.fencing_token, level=logging.ERROR)
             return False
@@ -445,14 +455,22 @@ class IdempotencyStore:
 
     def complete(self, claim: Claim, response: StoredResponse) -> bool:
         """Store ``response`` if ``claim`` still owns a live lease (compare-and-set); False if the
-        lease was lost (the record then reports "outcome unknown" or belongs to a newer claim)."""
+        lease was lost (the record then reports "outcome unknown" or belongs to a newer claim).
+
+        Never raises for a failing backend, whatever ``on_backend_error`` says: the handler has
+        run, so its answer must reach the caller. The write (or, with ``wait_replicas``, the
+        ``WAIT``) failing is audited as ``complete_failed`` and False is returned; the record
+        may then be completed or still in progress - duplicates get the replay, or 409 until
+        the lease expires and "outcome unknown" after it, never a second execution."""
         if claim.fallback:
             return False
         args = self._complete_args(claim, response)
-        if self.wait_replicas:
-            return self._cas_result("complete", claim, self._complete_and_wait(claim, args))
-        return self._cas_result("complete", claim,
-                                self._guard.run("idempotency_complete", [claim.record_key], args))
+        try:
+            raw = (self._complete_and_wait(claim, args) if self.wait_replicas else
+                   self._guard.run("idempotency_complete", [claim.record_key], args))
+        except BackendUnavailable as exc:
+            raw = exc
+        return self._cas_result("complete", claim, raw)
 
     async def acomplete(self, claim: Claim, response: StoredResponse) -> bool:
         """Async twin of :meth:`complete` (with ``wait_replicas``, the write and ``WAIT`` run in a
@@ -460,26 +478,39 @@ class IdempotencyStore:
         if claim.fallback:
             return False
         args = self._complete_args(claim, response)
-        if self.wait_replicas:
-            raw = await asyncio.to_thread(self._complete_and_wait, claim, args)
-            return self._cas_result("complete", claim, raw)
-        return self._cas_result(
-            "complete", claim,
-            await self._guard.arun("idempotency_complete", [claim.record_key], args))
+        try:
+            raw = (await asyncio.to_thread(self._complete_and_wait, claim, args)
+                   if self.wait_replicas else
+                   await self._guard.arun("idempotency_complete", [claim.record_key], args))
+        except BackendUnavailable as exc:
+            raw = exc
+        return self._cas_result("complete", claim, raw)
 
     def release(self, claim: Claim) -> bool:
-        """Free the key (the handler failed) if ``claim`` still owns a live lease."""
+        """Free the key (the handler failed) if ``claim`` still owns a live lease.
+
+        Like :meth:`complete`, never raises for a failing backend (the handler's own error or
+        answer must reach the caller): audited as ``release_failed``, False returned, and the
+        record stays in progress until its lease expires ("outcome unknown" after it)."""
         if claim.fallback:
             return False
-        return self._cas_result("release", claim, self._guard.run(
-            "idempotency_release", [claim.record_key], (self._now(), claim.owner, 0)))
+        try:
+            raw = self._guard.run("idempotency_release", [claim.record_key],
+                                  (self._now(), claim.owner, 0))
+        except BackendUnavailable as exc:
+            raw = exc
+        return self._cas_result("release", claim, raw)
 
     async def arelease(self, claim: Claim) -> bool:
         """Async twin of :meth:`release`."""
         if claim.fallback:
             return False
-        return self._cas_result("release", claim, await self._guard.arun(
-            "idempotency_release", [claim.record_key], (self._now(), claim.owner, 0)))
+        try:
+            raw = await self._guard.arun("idempotency_release", [claim.record_key],
+                                         (self._now(), claim.owner, 0))
+        except BackendUnavailable as exc:
+            raw = exc
+        return self._cas_result("release", claim, raw)
 
     def renew(self, claim: Claim) -> bool:
         """Extend the lease by ``lease`` seconds; False once it was lost."""

@@ -338,3 +338,42 @@ def closed_success_bound(backend: MemoryBackend, key: str, size: int, ttl_ms: in
         return True
 
     return record
+
+
+def seed(backend: MemoryBackend, key: str, state: int, gen: int, *, break_ends_us: int,
+         counts: Sequence[int], counts_at_us: int, window: Sequence[float], ttl_ms: int,
+         now_us: int) -> None:
+    """Make ``backend``'s breaker hash say what a breaker's last reply said.
+
+    The per-process fallback of ``on_backend_error="local"`` then goes on from the state the
+    process knew instead of from a fresh CLOSED breaker: OPEN stays open until
+    ``break_ends_us``; an override (FORCED_OPEN, DISABLED, METRICS_ONLY) holds; HALF_OPEN admits
+    ``half_open_calls`` fresh probes; CLOSED and METRICS_ONLY keep the window's ``counts``
+    (calls, failures, slow calls). A time window holds them in the bucket of ``counts_at_us``,
+    when they were learned, so they leave the window no earlier than they would have.
+    ``window`` is ``(kind, slots, bucket_us)`` as in ``breaker_record``'s arguments 6-8; times
+    are in the backend's microseconds.
+    """
+    h: dict[str, Any] = {"st": 0, "gen": gen}
+    if state == 1:
+        h.update(st=1, until=float(break_ends_us), trips=1)
+    elif state == 2:
+        h["st"] = 2
+    elif state >= 3:
+        h["ov"] = state
+    kind, slots, bucket_us = (int(x) for x in window)
+    n = min(int(counts[0]), slots) if kind == 1 else int(counts[0])
+    f, s = min(int(counts[1]), n), min(int(counts[2]), n)
+    if state in (0, 5) and kind == 1:
+        ring = h["cw"] = CountRing(slots)
+        for i in range(n):
+            ring.replace(i, 1 + int(i < f) + 2 * int(i < s))
+        ring.take = itertools.count(n).__next__
+    elif state in (0, 5) and n:
+        bucket = counts_at_us // bucket_us
+        if now_us // bucket_us - bucket < slots:  # not yet out of the window
+            i = bucket % slots
+            h.update(last=bucket, n=n, f=f, s=s)
+            h[f"c{i}"], h[f"e{i}"], h[f"w{i}"] = n, f, s
+    with backend.lock:
+        _save(backend.store, key, h, ttl_ms, now_us)
