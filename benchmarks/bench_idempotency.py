@@ -42,7 +42,7 @@ from starlette.routing import Route
 
 from fintech_resilience import MemoryBackend, RedisBackend
 from fintech_resilience.asgi import IdempotencyMiddleware
-from fintech_resilience.idempotency.store import IdempotencyStore
+from fintech_resilience.idempotency import IdempotencyStore
 
 ROUNDS = 21
 # the default RedisBackend (one pipelined connection per event loop); --no-pipeline measures

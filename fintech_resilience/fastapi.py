@@ -37,7 +37,8 @@ from .backends.base import Backend, OnBackendError
 from .edges.asgi.idempotency import IdempotencyMiddleware
 from .edges.ratelimit_http import KeyFunc, RateLimitCore, Verdict
 from .errors import ConfigurationError
-from .idempotency.store import IdempotencyContext, IdempotencyStore, current_idempotency
+from .idempotency.context import IdempotencyContext, current_idempotency
+from .idempotency.store import IdempotencyStore
 from .ratelimit.limiter import Algorithm, Decision, RateLimiter
 
 __all__ = ["RateLimit", "RateLimitExceeded", "idempotency_context", "install",

@@ -15,7 +15,7 @@ from fintech_resilience.backends.memory import MemoryBackend
 from fintech_resilience.breaker.circuit import CircuitBreaker
 from fintech_resilience.edges.asgi.ratelimit import RateLimitMiddleware
 from fintech_resilience.edges.wsgi.ratelimit import RateLimitMiddleware as WsgiRateLimitMiddleware
-from fintech_resilience.idempotency.store import IdempotencyStore
+from fintech_resilience.idempotency import IdempotencyStore
 from fintech_resilience.ratelimit.limiter import RateLimiter
 from fintech_resilience.retries.budget import RetryBudget
 from fintech_resilience.testing import ManualClock

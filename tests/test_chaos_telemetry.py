@@ -40,7 +40,7 @@ from fintech_resilience.core import telemetry
 from fintech_resilience.core.redaction import Redactor, luhn_valid
 from fintech_resilience.edges.asgi.idempotency import IdempotencyMiddleware
 from fintech_resilience.edges.asgi.ratelimit import RateLimitMiddleware
-from fintech_resilience.idempotency.store import IdempotencyStore
+from fintech_resilience.idempotency import IdempotencyStore
 from fintech_resilience.testing import ManualClock
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "telemetry.md"

@@ -18,8 +18,8 @@ from fintech_resilience.backends.redis import RedisBackend
 from fintech_resilience.breaker.circuit import BreakerState, CircuitBreaker, CountWindow
 from fintech_resilience.cli import commands as cli
 from fintech_resilience.errors import CircuitOpen
+from fintech_resilience.idempotency import IdempotencyStore
 from fintech_resilience.idempotency.record import ClaimOutcome, StoredResponse
-from fintech_resilience.idempotency.store import IdempotencyStore
 from fintech_resilience.ratelimit.concurrency import ConcurrencyLimiter
 from fintech_resilience.ratelimit.limiter import RateLimiter
 from fintech_resilience.retries.budget import RetryBudget

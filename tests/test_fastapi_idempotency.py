@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from fintech_resilience import MemoryBackend
 from fintech_resilience.errors import ConfigurationError
 from fintech_resilience.fastapi import idempotency_context, install_idempotency
-from fintech_resilience.idempotency.store import IdempotencyContext, IdempotencyStore
+from fintech_resilience.idempotency import IdempotencyContext, IdempotencyStore
 
 
 def principal(scope: Any) -> str | None:

@@ -20,8 +20,8 @@ from werkzeug.test import Client
 from fintech_resilience import MemoryBackend, RateLimiter, RedisBackend
 from fintech_resilience.asgi import IdempotencyMiddleware, RateLimitMiddleware
 from fintech_resilience.edges.ratelimit_http import QUOTA_EXCEEDED
+from fintech_resilience.idempotency import IdempotencyStore
 from fintech_resilience.idempotency.crypto import AesGcmCipher, DecryptionError
-from fintech_resilience.idempotency.store import IdempotencyStore
 from fintech_resilience.keys import client_ip, principal_or_ip
 from fintech_resilience.testing import ManualClock
 from fintech_resilience.wsgi import IdempotencyMiddleware as WsgiIdempotency

@@ -28,6 +28,7 @@ from fintech_resilience.errors import (
     IdempotencyKeyMismatch,
     IdempotencyOutcomeUnknown,
 )
+from fintech_resilience.idempotency import IdempotencyStore, current_idempotency, idempotent
 from fintech_resilience.idempotency.crypto import AesGcmCipher, DecryptionError
 from fintech_resilience.idempotency.record import (
     ClaimOutcome,
@@ -35,7 +36,6 @@ from fintech_resilience.idempotency.record import (
     decode_response,
     encode_response,
 )
-from fintech_resilience.idempotency.store import IdempotencyStore, current_idempotency, idempotent
 from fintech_resilience.testing import ManualClock
 
 SECRET = b"test-secret-0123456789abcdef"

@@ -32,7 +32,7 @@ from flask import Flask
 import fintech_resilience as fr
 from fintech_resilience.asgi import IdempotencyMiddleware
 from fintech_resilience.errors import IdempotencyInProgress
-from fintech_resilience.idempotency.store import IdempotencyStore
+from fintech_resilience.idempotency import IdempotencyStore
 from fintech_resilience.wsgi import IdempotencyMiddleware as WsgiIdempotencyMiddleware
 
 pytestmark = pytest.mark.slow

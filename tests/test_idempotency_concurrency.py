@@ -25,7 +25,7 @@ from starlette.routing import Route
 from fintech_resilience import RedisBackend
 from fintech_resilience.asgi import IdempotencyMiddleware
 from fintech_resilience.backends.base import Backend
-from fintech_resilience.idempotency.store import IdempotencyStore, idempotent
+from fintech_resilience.idempotency import IdempotencyStore, idempotent
 from fintech_resilience.wsgi import IdempotencyMiddleware as WsgiIdempotencyMiddleware
 
 SECRET = b"concurrency-secret-0123456789"

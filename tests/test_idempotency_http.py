@@ -21,7 +21,7 @@ from fintech_resilience import MemoryBackend, RedisBackend
 from fintech_resilience.asgi import IdempotencyMiddleware
 from fintech_resilience.backends.base import Backend
 from fintech_resilience.errors import ConfigurationError
-from fintech_resilience.idempotency.store import IdempotencyStore, current_idempotency
+from fintech_resilience.idempotency import IdempotencyStore, current_idempotency
 from fintech_resilience.testing import ManualClock
 from fintech_resilience.wsgi import IdempotencyMiddleware as WsgiIdempotencyMiddleware
 

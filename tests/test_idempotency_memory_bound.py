@@ -25,7 +25,7 @@ import fintech_resilience as fr
 from fintech_resilience.asgi import IdempotencyMiddleware
 from fintech_resilience.backends.memory import default_backend
 from fintech_resilience.errors import BackendFull, BackendUnavailable
-from fintech_resilience.idempotency.store import ClaimOutcome
+from fintech_resilience.idempotency.record import ClaimOutcome
 from fintech_resilience.testing import ManualClock, reset_default_backend
 
 

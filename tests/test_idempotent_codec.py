@@ -27,7 +27,7 @@ from fintech_resilience import (
 )
 from fintech_resilience.backends.base import Backend
 from fintech_resilience.core.redaction import Redactor
-from fintech_resilience.idempotency.store import IdempotencyStore
+from fintech_resilience.idempotency import IdempotencyStore
 from fintech_resilience.testing import ManualClock
 
 SECRET = b"codec-test-secret-0123456789"

@@ -205,7 +205,7 @@ def test_wired_sinks_keep_no_pan(doc: Any, pan: str) -> None:
     from fintech_resilience.breaker.circuit import CircuitBreaker
     from fintech_resilience.edges.asgi.idempotency import IdempotencyMiddleware
     from fintech_resilience.edges.asgi.ratelimit import RateLimitMiddleware
-    from fintech_resilience.idempotency.store import IdempotencyStore, idempotent
+    from fintech_resilience.idempotency import IdempotencyStore, idempotent
     from fintech_resilience.ratelimit.limiter import RateLimiter
 
     doc_pans, kept = _tokens(doc)

@@ -26,9 +26,9 @@ from starlette.routing import Route
 from fintech_resilience import RedisBackend
 from fintech_resilience.asgi import IdempotencyMiddleware
 from fintech_resilience.core.redaction import Redactor, luhn_valid
+from fintech_resilience.idempotency import IdempotencyStore
 from fintech_resilience.idempotency import stored_redaction as _stored_redaction
 from fintech_resilience.idempotency.record import decode_response
-from fintech_resilience.idempotency.store import IdempotencyStore
 from fintech_resilience.wsgi import IdempotencyMiddleware as WsgiIdempotency
 
 SECRET = b"redaction-storage-secret-0123"

@@ -32,7 +32,7 @@ from ..errors import (
     RateLimited,
     RetryBudgetExhausted,
 )
-from ..idempotency.store import current_idempotency
+from ..idempotency.context import current_idempotency
 
 __all__ = ["PHASES", "AdmissionRecorder", "AuthMiddleware", "CardDeclined", "Reply",
            "SimulatedPSP", "call_asgi", "payment_api"]

@@ -18,7 +18,7 @@ from ..edges.http import (
 )
 from ..edges.wsgi.idempotency import finish_claim, open_claim
 from ..errors import ConfigurationError
-from ..idempotency.store import Claim
+from ..idempotency.context import Claim
 from .settings import _answer, _authenticated_pk, _config, _lock
 
 __all__ = ["IdempotencyMiddleware", "IdempotencyMixin"]

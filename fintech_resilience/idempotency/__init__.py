@@ -2,8 +2,10 @@
 record format (``record``) and encryption at rest (``crypto``)."""
 
 from .codec import JsonCodec, ResultCodec
+from .context import IdempotencyContext, current_idempotency
 from .crypto import AesGcmCipher, Cipher
-from .store import IdempotencyContext, IdempotencyStore, current_idempotency, idempotent
+from .decorator import idempotent
+from .store import IdempotencyStore
 
 __all__ = ["AesGcmCipher", "Cipher", "IdempotencyContext", "IdempotencyStore", "JsonCodec",
            "ResultCodec", "current_idempotency", "idempotent"]

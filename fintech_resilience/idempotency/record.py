@@ -17,12 +17,10 @@ associated data, so an envelope copied to another record does not decrypt.
 from __future__ import annotations
 
 import enum
-import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii as _escape
 from typing import Any, Final, Literal, NamedTuple, Protocol
 
 from ..errors import (
@@ -151,45 +149,20 @@ class _Sealer(Protocol):
     def decrypt(self, envelope: bytes, associated_data: bytes) -> bytes: ...
 
 
-_BOOL: Final = ("false", "true")
-
-
-def _header_json(response: StoredResponse) -> bytes:
-    """The JSON object ``{"kind", "status", "headers", "replayable", "redacted"}``, compact.
-
-    Written out directly: ``json.dumps`` sets up an encoder on every call, which costs more than
-    this whole object. Strings go through the json module's own escaping.
-    """
-    esc = _escape
-    headers = ",".join(f"[{esc(n)},{esc(v)}]" for n, v in response.headers)
-    return (f'{{"kind":{esc(response.kind)},"status":{int(response.status)},'
-            f'"headers":[{headers}],"replayable":{_BOOL[bool(response.replayable)]},'
-            f'"redacted":{_BOOL[bool(response.redacted)]}}}').encode()
-
-
-def _record_head(response: StoredResponse) -> bytes:
-    """``0x01 | header length | JSON header``: everything of the stored form but the body."""
-    header = _header_json(response)
-    return bytes((_PLAIN,)) + len(header).to_bytes(4, "big") + header
-
-
-@functools.lru_cache(maxsize=1024)
-def _cached_head(kind: Kind, status: int, headers: tuple[tuple[str, str], ...],
-                 replayable: bool, redacted: bool) -> bytes:
-    """:func:`_record_head` by value: an endpoint answers with a few header sets, so most
-    completions find theirs here (a sixth of the time of writing it out, measured)."""
-    return _record_head(StoredResponse(kind, status, headers, b"", replayable, redacted))
+#: one encoder for every stored header (``json.dumps`` would set one up per call)
+_HEADER_JSON: Final = json.JSONEncoder(separators=(",", ":"))
 
 
 def encode_response(response: StoredResponse, *, cipher: _Sealer | None = None,
                     associated_data: bytes = b"") -> bytes:
-    """Serialise (and, with a cipher, encrypt) a response for the record's ``res`` field."""
-    try:
-        head = _cached_head(response.kind, response.status, response.headers,
-                            response.replayable, response.redacted)
-    except TypeError:  # headers given as a list: not hashable, written out each time
-        head = _record_head(response)
-    plain = head + response.body
+    """Serialise (and, with a cipher, encrypt) a response for the record's ``res`` field:
+    ``0x01 | header length | JSON header | body``."""
+    header = _HEADER_JSON.encode({
+        "kind": response.kind, "status": int(response.status),
+        "headers": [[name, value] for name, value in response.headers],
+        "replayable": bool(response.replayable), "redacted": bool(response.redacted),
+    }).encode()
+    plain = bytes((_PLAIN,)) + len(header).to_bytes(4, "big") + header + response.body
     if cipher is None:
         return plain
     return bytes((_ENCRYPTED,)) + cipher.encrypt(plain, associated_data)

@@ -24,18 +24,15 @@ Inside a handler, :func:`current_idempotency` gives the fencing token and a down
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import hashlib
-import inspect
+import hmac
 import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, ParamSpec, TypeVar, cast
+from collections.abc import Sequence
+from typing import Any, Final, ParamSpec, TypeVar
 
 from ..audit import log as _audit
 from ..backends.base import ALLOW, Backend, BackendGuard, Fallback, OnBackendError
@@ -51,38 +48,22 @@ from ..errors import (
     BackendUnavailable,
     ConfigurationError,
 )
-from .codec import JsonCodec, ResultCodec, return_annotation
+from .context import Claim, IdempotencyContext
 from .crypto import Cipher
 from .record import (
     ClaimOutcome,
     ClaimReply,
     CompleteReply,
-    JsonSerializer,
-    Serializer,
     StoredResponse,
     decode_response,
-    duplicate_outcome,
     encode_response,
-    exception_response,
     parse_claim,
     parse_complete,
-    result_response,
 )
+from .renewal import Holding, LoopRenewer, ThreadRenewer
 from .stored_redaction import redact_stored
 
-__all__ = [
-    "AUDIT_LOGGER",
-    "Claim",
-    "ClaimOutcome",
-    "IdempotencyContext",
-    "IdempotencyStore",
-    "JsonCodec",
-    "JsonSerializer",
-    "ResultCodec",
-    "StoredResponse",
-    "current_idempotency",
-    "idempotent",
-]
+__all__ = ["AUDIT_LOGGER", "IdempotencyStore"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -102,108 +83,23 @@ _AUDITED: Final = {
 _KIND: Final = "idem"
 
 
-@dataclass(slots=True)
-class Claim:
-    """The answer of :meth:`IdempotencyStore.claim`.
+class _Mac:
+    """HMAC-SHA256 of length-prefixed parts under one key (the key is set up once and copied)."""
 
-    ``outcome`` says what to do; ``response`` is the stored response of a replay (decoded and
-    decrypted); ``fencing_token`` grows with every claim of the key; ``fallback`` is ``"allow"``
-    when the backend failed and ``on_backend_error="allow"`` let the call run unprotected.
-    """
-
-    outcome: ClaimOutcome
-    record_key: str
-    owner: str
-    fencing_token: int
-    reclaimed: bool = False
-    retry_after: float = 0.0
-    response: StoredResponse | None = None
-    fallback: str | None = None
-    lease_lost: bool = False
-
-    @property
-    def key_hash(self) -> str:
-        """The hashed record id used in telemetry and audit records (no user data)."""
-        key = self.record_key
-        return key[key.rfind(":") + 1:].rstrip("}")
-
-
-class IdempotencyContext:
-    """What a running handler can read through :func:`current_idempotency` (read-only)."""
-
-    __slots__ = ("_claim", "_store")
-
-    def __init__(self, claim: Claim, store: IdempotencyStore) -> None:
-        self._claim = claim
-        self._store = store
-
-    @property
-    def key_hash(self) -> str:
-        """The hashed record id (as in telemetry and audit records)."""
-        return self._claim.key_hash
-
-    @property
-    def fencing_token(self) -> int:
-        """Grows with every claim of the key: pass it to systems that can reject stale writers."""
-        return self._claim.fencing_token
-
-    @property
-    def reclaimed(self) -> bool:
-        """True when this attempt took over an expired lease (a previous attempt may have run)."""
-        return self._claim.reclaimed
-
-    def __repr__(self) -> str:
-        return (f"IdempotencyContext(key_hash={self.key_hash!r},"
-                f" fencing_token={self.fencing_token}, reclaimed={self.reclaimed})")
-
-    @property
-    def lease_lost(self) -> bool:
-        """True once a renewal found the lease gone: the outcome is no longer ours to report."""
-        return self._claim.lease_lost
-
-    def downstream_key(self, purpose: str = "") -> str:
-        """A key for the downstream call (e.g. the PSP's Idempotency-Key): derived from the record
-        with the store's secret, identical on every attempt of this key, different per principal
-        and per ``purpose`` (``"charge"``, ``"refund"``), and revealing nothing of either."""
-        return self._store.downstream_key(self._claim.record_key, purpose)
-
-
-_CURRENT: contextvars.ContextVar[IdempotencyContext | None] = contextvars.ContextVar(
-    "fintech_resilience_idempotency", default=None
-)
-
-
-def current_idempotency() -> IdempotencyContext | None:
-    """The idempotency context of the running handler (None outside an idempotent call)."""
-    return _CURRENT.get()
-
-
-class _HmacSha256:
-    """HMAC-SHA256 (RFC 2104) under one key, its padded key blocks hashed once: per message it
-    costs two hash copies instead of a whole HMAC set-up (``hmac.digest`` looks the digest up
-    on every call)."""
-
-    __slots__ = ("_inner", "_outer")
+    __slots__ = ("_keyed",)
 
     def __init__(self, key: bytes) -> None:
-        if len(key) > 64:  # SHA-256's block size
-            key = hashlib.sha256(key).digest()
-        block = key.ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
 
     def parts(self, *parts: bytes | str) -> bytes:
         """The MAC of length-prefixed parts (no ambiguity between part borders)."""
-        inner = self._inner.copy()
-        update = inner.update
+        mac = self._keyed.copy()
         for part in parts:
             if isinstance(part, str):
                 part = part.encode("utf-8", "surrogatepass")
-            update(len(part).to_bytes(8, "big"))
-            update(part)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+            mac.update(len(part).to_bytes(8, "big"))
+            mac.update(part)
+        return mac.digest()
 
 
 def _number(value: object, what: str, low: float, high: float) -> float:
@@ -274,7 +170,7 @@ class IdempotencyStore:
         raw_secret = secret.encode() if isinstance(secret, str) else secret
         if not isinstance(raw_secret, bytes) or len(raw_secret) < 16:
             raise ConfigurationError("secret must be at least 16 bytes (os.urandom(32))")
-        self._mac = _HmacSha256(raw_secret)
+        self._mac = _Mac(raw_secret)
         if redactor is not None and not callable(getattr(redactor, "redact_bytes", None)):
             raise ConfigurationError("redactor needs a redact_bytes(data, content_type) method;"
                                      " use fintech_resilience.Redactor.pci()")
@@ -302,9 +198,9 @@ class IdempotencyStore:
             self.backend.warn_if_evicting("idempotency records")
         self._lease_us = round(self.lease * 1_000_000)
         self._ttl_us = round(self.ttl * 1_000_000)
-        self._renewer: _ThreadRenewer | None = None
+        self._renewer: ThreadRenewer | None = None
         self._renewer_lock = threading.Lock()
-        self._loop_renewers: PerLoop[_LoopRenewer] = PerLoop()
+        self._loop_renewers: PerLoop[LoopRenewer] = PerLoop()
 
     @property
     def on_backend_error(self) -> OnBackendError:
@@ -549,30 +445,30 @@ class IdempotencyStore:
     def _context(self, claim: Claim) -> IdempotencyContext:
         return IdempotencyContext(claim, self)
 
-    def holding(self, claim: Claim) -> _Holding:
+    def holding(self, claim: Claim) -> Holding:
         """``with store.holding(claim) as ctx:`` runs a block as the owner of ``claim``: sets
         :func:`current_idempotency` and renews the lease every ``lease / 3`` seconds (in a
         background thread; with ``async with``, as timer callbacks on the running loop)."""
-        return _Holding(self, claim)
+        return Holding(self, claim)
 
     #: the same object, named for ``async with`` (kept for symmetry with the other ``a*`` names)
     aholding = holding
 
-    def _thread_renewer(self) -> _ThreadRenewer:
+    def _thread_renewer(self) -> ThreadRenewer:
         if self._renewer is None:
             with self._renewer_lock:
                 if self._renewer is None:
-                    self._renewer = _ThreadRenewer(self)
+                    self._renewer = ThreadRenewer(self)
         return self._renewer
 
-    def _loop_renewer(self) -> _LoopRenewer:
+    def _loop_renewer(self) -> LoopRenewer:
         loop = asyncio.get_running_loop()
         renewer = self._loop_renewers.get(loop)
         if renewer is None:
             with self._renewer_lock:
                 renewer = self._loop_renewers.get(loop)
                 if renewer is None:
-                    renewer = _LoopRenewer(self)
+                    renewer = LoopRenewer(self)
                     self._loop_renewers.set(loop, renewer)
         return renewer
 
@@ -604,267 +500,6 @@ class IdempotencyStore:
     def __repr__(self) -> str:
         return (f"IdempotencyStore(name={self.name!r}, ttl={self.ttl}, lease={self.lease},"
                 f" backend={self.backend!r})")
-
-
-class _ThreadRenewer:
-    """One daemon thread per store renews every running sync claim each ``lease / 3`` seconds
-    (real time); it exits after a few idle seconds and restarts on demand."""
-
-    _IDLE_EXIT = 5.0
-
-    def __init__(self, store: IdempotencyStore) -> None:
-        self.store = store
-        self.interval = store.lease / 3
-        self._due: dict[int, tuple[Claim, float]] = {}
-        self._cond = threading.Condition()
-        self._running = False
-
-    def add(self, claim: Claim) -> None:
-        with self._cond:
-            self._due[id(claim)] = (claim, time.monotonic() + self.interval)
-            self._cond.notify()
-            if not self._running:
-                self._running = True
-                threading.Thread(target=self._loop, name="fr-idempotency-renewer",
-                                 daemon=True).start()
-
-    def remove(self, claim: Claim) -> None:
-        with self._cond:
-            self._due.pop(id(claim), None)
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    now = time.monotonic()
-                    if not self._due:
-                        if not self._cond.wait(self._IDLE_EXIT) and not self._due:
-                            self._running = False
-                            return
-                        continue
-                    next_at = min(at for _, at in self._due.values())
-                    if next_at <= now:
-                        break
-                    self._cond.wait(next_at - now)
-                due = [c for c, at in self._due.values() if at <= now]
-                for claim in due:
-                    self._due[id(claim)] = (claim, now + self.interval)
-            for claim in due:
-                try:
-                    ok = self.store.renew(claim)
-                except BackendUnavailable:
-                    continue  # the next tick tries again; the lease may still be alive
-                if not ok:
-                    self.remove(claim)
-
-
-class _Holding:
-    """The context of :meth:`IdempotencyStore.holding`, for ``with`` and ``async with``."""
-
-    __slots__ = ("claim", "lease", "store", "token")
-
-    def __init__(self, store: IdempotencyStore, claim: Claim) -> None:
-        self.store = store
-        self.claim = claim
-        self.lease: _ThreadRenewer | _LoopRenewer | None = None
-
-    def _enter(self) -> IdempotencyContext:
-        ctx = self.store._context(self.claim)
-        self.token = _CURRENT.set(ctx)
-        return ctx
-
-    def _renews(self) -> bool:
-        return self.store.renew_leases and not self.claim.fallback
-
-    def __enter__(self) -> IdempotencyContext:
-        if self._renews():
-            self.lease = self.store._thread_renewer()
-            self.lease.add(self.claim)
-        return self._enter()
-
-    async def __aenter__(self) -> IdempotencyContext:
-        if self._renews():
-            self.lease = self.store._loop_renewer()
-            self.lease.add(self.claim)
-        return self._enter()
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.lease is not None:
-            self.lease.remove(self.claim)
-        _CURRENT.reset(self.token)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.__exit__()
-
-
-class _LoopRenewer:
-    """One per store and event loop: renews every running async claim of the store each
-    ``lease / 3`` seconds, with one timer armed while claims run (so a fast handler costs two
-    dict operations, no timer of its own). Renewals of one tick run concurrently in one task.
-    It keeps no reference to its loop (the store finds it by a weak one), so a finished loop
-    can be collected."""
-
-    __slots__ = ("armed", "due", "interval", "store", "tasks")
-
-    def __init__(self, store: IdempotencyStore) -> None:
-        self.store = store
-        self.interval = store.lease / 3
-        self.due: dict[int, tuple[Claim, float]] = {}
-        self.armed = False  # a _tick is scheduled (its handle is not kept: it refers to the loop)
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def add(self, claim: Claim) -> None:
-        loop = asyncio.get_running_loop()
-        self.due[id(claim)] = (claim, loop.time() + self.interval)
-        if not self.armed:
-            self.armed = True
-            loop.call_later(self.interval, self._tick)
-
-    def remove(self, claim: Claim) -> None:
-        self.due.pop(id(claim), None)
-
-    def _tick(self) -> None:
-        self.armed = False
-        if not self.due:
-            return  # nothing runs: the next add() arms the timer again
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        due = [claim for claim, at in self.due.values() if at <= now]
-        for claim in due:
-            self.due[id(claim)] = (claim, now + self.interval)
-        if due:
-            task = loop.create_task(self._renew(due))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        self.armed = True
-        loop.call_at(min(at for _, at in self.due.values()), self._tick)
-
-    async def _renew(self, claims: list[Claim]) -> None:
-        await asyncio.gather(*(self._renew_one(claim) for claim in claims))
-
-    async def _renew_one(self, claim: Claim) -> None:
-        if id(claim) not in self.due:
-            return  # finished meanwhile: its record is completed or released
-        try:
-            ok = await self.store.arenew(claim)
-        except BackendUnavailable:
-            return  # the next tick tries again; the lease may still be alive
-        if not ok:
-            self.remove(claim)
-
-
-# -- the decorator ---------------------------------------------------------------------------------
-def idempotent(store: IdempotencyStore, *, key: Callable[..., KeyArg],
-               scope: Callable[..., KeyArg] | None = None, global_scope: bool = False,
-               fingerprint: Callable[..., bytes | str] | None = None,
-               codec: ResultCodec | None = None, serializer: Serializer | None = None,
-               store_exceptions: Sequence[type[BaseException]] = (),
-               route: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Run a sync or async function once per key; duplicates get the stored result.
-
-    :param key: callable receiving the call's arguments, returning the idempotency key
-        (e.g. ``lambda event: event["id"]``).
-    :param scope: callable returning the principal the key belongs to (e.g. the account); keys of
-        different principals never meet. Required unless ``global_scope=True``.
-    :param fingerprint: callable returning what must be identical for a duplicate (e.g. the
-        payload); a different value raises :class:`~fintech_resilience.IdempotencyKeyMismatch`.
-        Default: the key alone identifies the call.
-    :param codec: stores results and rebuilds them for duplicates (a
-        :class:`~fintech_resilience.ResultCodec`); default
-        :class:`~fintech_resilience.JsonCodec`, which keeps dataclasses, Pydantic models,
-        tuples, Decimal, datetime, UUID, ... as their types. When the function is decorated the
-        codec checks its return annotation: a type it cannot store raises
-        :class:`~fintech_resilience.ConfigurationError` then, not after money moved.
-    :param serializer: an object with ``dumps``/``loads`` only (no annotation check); prefer
-        ``codec=``.
-    :param store_exceptions: exceptions that are outcomes (a card decline): stored and re-raised
-        to duplicates. Any other exception releases the key, so a retry runs again.
-    :param route: names the operation in the record key (default: the function's qualified name).
-
-    Duplicates raise :class:`~fintech_resilience.IdempotencyInProgress`,
-    :class:`~fintech_resilience.IdempotencyKeyMismatch` or
-    :class:`~fintech_resilience.IdempotencyOutcomeUnknown` as the claim decides. A result the
-    codec still cannot store after the function ran is recorded as "completed, not replayable"
-    (its type name only): duplicates raise
-    :class:`~fintech_resilience.IdempotencyNotReplayable` until the record's TTL, and the
-    function never runs twice for the key.
-    """
-    if scope is None and not global_scope:
-        raise ConfigurationError(
-            "idempotent() needs scope=lambda ...: <principal> so one principal's result is never"
-            " returned to another; pass global_scope=True if keys are globally unique"
-        )
-    if not callable(key):
-        raise ConfigurationError("key must be a callable receiving the call's arguments")
-    if codec is not None and serializer is not None:
-        raise ConfigurationError("pass codec= or serializer=, not both (serializer= is the older"
-                                 " name for a codec without the annotation check)")
-    chosen: Serializer = codec if codec is not None else (
-        serializer if serializer is not None else JsonCodec())
-    for method in ("dumps", "loads"):
-        if not callable(getattr(chosen, method, None)):
-            raise ConfigurationError(f"codec needs dumps(value) -> bytes and loads(bytes);"
-                                     f" {chosen!r} has no {method}")
-    stored_types = tuple(store_exceptions)
-    scope_of: Callable[..., KeyArg] = scope if scope is not None else (lambda *_a, **_k: "*")
-
-    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
-        name = route or f"{fn.__module__}.{fn.__qualname__}"
-        bind = getattr(chosen, "for_return", None)
-        ser: Serializer = bind(return_annotation(fn)) if callable(bind) else chosen
-
-        def prepare(args: Any, kwargs: Any) -> tuple[str, str, str | None]:
-            who = scope_of(*args, **kwargs)
-            record = store.record_key(key(*args, **kwargs), scope=who, method="CALL", route=name)
-            fp = store.fingerprint(fingerprint(*args, **kwargs) if fingerprint else b"")
-            return record, fp, None if scope is None else str(who)
-
-        if inspect.iscoroutinefunction(fn):
-            afn = cast(Callable[P, Awaitable[Any]], fn)
-
-            @functools.wraps(fn)
-            async def awrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                record, fp, who = prepare(args, kwargs)
-                claim = await store.aclaim(record, fp, principal=who)
-                if claim.outcome is not ClaimOutcome.EXECUTE:
-                    return duplicate_outcome(claim.outcome, claim.retry_after, claim.response, ser,
-                                         stored_types)
-                async with store.aholding(claim):
-                    try:
-                        result = await afn(*args, **kwargs)
-                    except stored_types as exc:
-                        await store.acomplete(claim, exception_response(exc, ser))
-                        raise
-                    except BaseException:
-                        await store.arelease(claim)
-                        raise
-                await store.acomplete(claim, result_response(result, ser))
-                return result
-
-            return cast(Callable[P, R], awrapper)
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            record, fp, who = prepare(args, kwargs)
-            claim = store.claim(record, fp, principal=who)
-            if claim.outcome is not ClaimOutcome.EXECUTE:
-                return cast(R, duplicate_outcome(claim.outcome, claim.retry_after, claim.response,
-                                                 ser, stored_types))
-            with store.holding(claim):
-                try:
-                    result = fn(*args, **kwargs)
-                except stored_types as exc:
-                    store.complete(claim, exception_response(exc, ser))
-                    raise
-                except BaseException:
-                    store.release(claim)
-                    raise
-            store.complete(claim, result_response(result, ser))
-            return result
-
-        return wrapper
-
-    return decorate
 
 
 def _complete_and_wait(backend: Backend, record_key: str, args: Sequence[Any], replicas: int,

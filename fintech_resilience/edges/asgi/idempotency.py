@@ -12,8 +12,9 @@ from typing import Any, Generic, TypeVar
 
 from ...audit import log as _audit
 from ...errors import BackendUnavailable, ConfigurationError, IdempotencyKeyInvalid
+from ...idempotency.context import Claim
 from ...idempotency.record import StoredResponse, default_store_status
-from ...idempotency.store import Claim, IdempotencyStore
+from ...idempotency.store import IdempotencyStore
 from ..asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ..http import (
     PROBLEM_BASE,

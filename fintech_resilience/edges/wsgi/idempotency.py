@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from ...audit import log as _audit
 from ...errors import BackendUnavailable, IdempotencyKeyInvalid
+from ...idempotency.context import Claim
 from ...idempotency.record import StoredResponse
-from ...idempotency.store import Claim, IdempotencyStore
+from ...idempotency.store import IdempotencyStore
 from ..asgi.idempotency import IdempotencyEdge
 from ..http import (
     HttpAnswer,
