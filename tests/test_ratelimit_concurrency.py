@@ -76,9 +76,11 @@ def hammer(backend: Backend, spec: str, algorithm: str, start: float, threads: i
     return out
 
 
-def process_main(url: str, spec: str, algorithm: str, start: float, queue) -> None:
+def process_main(url: str, spec: str, algorithm: str, ready, go, start, queue) -> None:
     backend = RedisBackend.from_url(url, timeout=2.0)
-    queue.put(hammer(backend, spec, algorithm, start, THREADS))
+    ready.wait()  # every interpreter is up (however long the machine took to start them)
+    go.wait(60)
+    queue.put(hammer(backend, spec, algorithm, start.value, THREADS))
     backend.close()
 
 
@@ -113,13 +115,17 @@ def check_gcra(records, rate: float, burst: int) -> None:
 def run_processes(url: str, spec: str, algorithm: str) -> list:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    # interpreters start first, then all hammer together from 0.3 s before a whole second, so
-    # the run covers one whole window with a margin on both sides
-    start = math.ceil(time.time()) + 3.0 - 0.3
-    procs = [ctx.Process(target=process_main, args=(url, spec, algorithm, start, queue))
+    ready, go, start = ctx.Barrier(PROCESSES + 1), ctx.Event(), ctx.Value("d", 0.0)
+    procs = [ctx.Process(target=process_main,
+                         args=(url, spec, algorithm, ready, go, start, queue))
              for _ in range(PROCESSES)]
     for p in procs:
         p.start()
+    ready.wait(timeout=120)
+    # once every interpreter is up, all hammer together from 0.3 s before a whole second, so
+    # the run covers one whole window with a margin on both sides
+    start.value = math.ceil(time.time()) + 1.0 - 0.3
+    go.set()
     records = []
     for _ in procs:
         records.extend(queue.get(timeout=60))

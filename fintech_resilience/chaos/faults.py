@@ -29,9 +29,7 @@ import copy
 import dataclasses
 import fnmatch
 import functools
-import http
 import inspect
-import json
 import os
 import random
 import re
@@ -305,24 +303,6 @@ def _exception_name(rule: Rule) -> str:
     if isinstance(spec, BaseException):
         return type(spec).__qualname__
     return "InjectedFault" if spec is None else getattr(spec, "__qualname__", "exception")
-
-
-def problem_body(rule: Rule) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """Status, headers and RFC 9457 problem+json body of an injected HTTP status."""
-    status = cast(int, rule.status)
-    try:
-        title = http.HTTPStatus(status).phrase
-    except ValueError:
-        title = "Error"
-    body = json.dumps({
-        "type": "about:blank", "title": title, "status": status,
-        "detail": f"fault injected by fintech_resilience chaos (rule {rule.name!r})",
-    }).encode()
-    headers = [(b"content-type", b"application/problem+json"),
-               (b"content-length", str(len(body)).encode())]
-    if status in (429, 503):
-        headers.append((b"retry-after", b"1"))
-    return status, headers, body
 
 
 class Injector:

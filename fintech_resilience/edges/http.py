@@ -1,28 +1,33 @@
-"""Shared pieces of the HTTP edges (ASGI and WSGI middleware): RFC 9457 problem+json answers,
-header reading, the ``Idempotency-Key`` rules and the safe-header filter for replays.
+"""One place for the HTTP answers of every edge: RFC 9457 problem+json answers and the problem
+types, sending a complete answer through ASGI or WSGI, reason phrases, request-field reading, the
+``Idempotency-Key`` rules and the safe-header filter for replays.
 
-Everything here is pure (no I/O, no framework imports), so every middleware answers the same way.
+No framework imports, so every middleware answers the same way.
 """
 
 from __future__ import annotations
 
 import http
 import json
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from ..errors import IdempotencyKeyInvalid
 from ..idempotency.record import ClaimOutcome, StoredResponse
+from ..ratelimit.decision import retry_after_field
 
 __all__ = [
     "NEVER_REPLAYED_HEADERS",
     "PROBLEM_BASE",
+    "PROBLEM_CONTENT_TYPE",
+    "QUOTA_EXCEEDED",
     "SAFE_REPLAY_HEADERS",
+    "TEMPORARY_REDUCED_CAPACITY",
     "HttpAnswer",
     "claim_answer",
     "declared_length",
+    "injected_answer",
     "invalid_length_problem",
     "key_invalid_problem",
     "parse_idempotency_key",
@@ -33,6 +38,9 @@ __all__ = [
     "safe_asgi_headers",
     "safe_headers",
     "scope_missing_problem",
+    "send_answer",
+    "shed_answer",
+    "start_answer",
     "too_large_problem",
     "unavailable_problem",
 ]
@@ -40,6 +48,11 @@ __all__ = [
 #: Base of the ``type`` URIs of our problem+json answers (override per middleware).
 PROBLEM_BASE: Final = "https://fintech-resilience.dev/problems/"
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
+#: Problem types registered by draft-ietf-httpapi-ratelimit-headers (section "Problem Types").
+QUOTA_EXCEEDED: Final = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+TEMPORARY_REDUCED_CAPACITY: Final = (
+    "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
+)
 MAX_KEY_LENGTH: Final = 255
 #: A Content-Length with more digits than this is refused (400): 18 digits already exceed any
 #: body bound, and ``int()`` of a few thousand digits raises instead of answering.
@@ -78,16 +91,59 @@ class HttpAnswer:
         return [*self.headers, ("Content-Length", str(len(self.body)))]
 
 
-def problem(status: int, kind: str, title: str, detail: str, *, base: str = PROBLEM_BASE,
-            retry_after: float | None = None, headers: Iterable[tuple[str, str]] = ()
-            ) -> HttpAnswer:
-    """An RFC 9457 ``application/problem+json`` answer (``type`` = ``base + kind``)."""
-    body = json.dumps({"type": base + kind, "title": title, "status": status, "detail": detail},
-                      separators=(",", ":")).encode()
-    out = [("content-type", PROBLEM_CONTENT_TYPE), *headers]
-    if retry_after is not None:
-        out.append(("retry-after", str(max(1, math.ceil(retry_after)))))
-    return HttpAnswer(status, tuple(out), body)
+def problem(status: int, *, type_: str = "about:blank", title: str | None = None,
+            detail: str | None = None, retry_after: float | None = None,
+            headers: Iterable[tuple[str, str]] = (), **members: Any) -> HttpAnswer:
+    """An RFC 9457 ``application/problem+json`` answer: every problem answer of the library.
+
+    ``title`` defaults to the status's reason phrase; ``retry_after`` (seconds) becomes a
+    ``Retry-After`` field (whole seconds, at least 1; none when infinite); ``members`` are
+    extension members (``violated_policies`` -> ``violated-policies``).
+    """
+    doc: dict[str, Any] = {"type": type_, "title": title or reason_phrase(status),
+                           "status": status}
+    if detail:
+        doc["detail"] = detail
+    for name, value in members.items():
+        doc[name.replace("_", "-")] = value
+    out = [("Content-Type", PROBLEM_CONTENT_TYPE), *headers]
+    wait = None if retry_after is None else retry_after_field(retry_after)
+    if wait is not None:
+        out.append(("Retry-After", wait))
+    return HttpAnswer(status, tuple(out), json.dumps(doc, separators=(",", ":")).encode())
+
+
+def shed_answer(retry_after: float) -> HttpAnswer:
+    """503 for a request shed to keep capacity for critical traffic."""
+    return problem(503, type_=TEMPORARY_REDUCED_CAPACITY, retry_after=retry_after,
+                   detail="The server is busy; retry later.")
+
+
+def injected_answer(status: int, rule: str) -> HttpAnswer:
+    """The answer of a status injected by a chaos rule (``Retry-After: 1`` on 429 and 503)."""
+    return problem(status, detail=f"fault injected by fintech_resilience chaos (rule {rule!r})",
+                   retry_after=1.0 if status in (429, 503) else None)
+
+
+def _ours(status: int, kind: str, title: str, detail: str, *, base: str,
+          retry_after: float | None = None) -> HttpAnswer:
+    """A problem of the library's own types (``type`` = ``base + kind``)."""
+    return problem(status, type_=base + kind, title=title, detail=detail,
+                   retry_after=retry_after)
+
+
+async def send_answer(send: Callable[[dict[str, Any]], Awaitable[None]],
+                      answer: HttpAnswer) -> None:
+    """Send a complete answer through an ASGI ``send``."""
+    await send({"type": "http.response.start", "status": answer.status,
+                "headers": answer.raw_headers()})
+    await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+
+
+def start_answer(start_response: Callable[..., Any], answer: HttpAnswer) -> list[bytes]:
+    """Start a complete answer through a WSGI ``start_response``; return its body iterable."""
+    start_response(f"{answer.status} {reason_phrase(answer.status)}", answer.wsgi_headers())
+    return [answer.body]
 
 
 def declared_length(value: bytes | str) -> int | None:
@@ -177,23 +233,23 @@ def claim_answer(outcome: ClaimOutcome, *, retry_after: float = 0.0,
     if outcome is ClaimOutcome.EXECUTE:
         return None
     if outcome is ClaimOutcome.MISMATCH:
-        return problem(422, "idempotency-key-mismatch", "Idempotency-Key is already used",
+        return _ours(422, "idempotency-key-mismatch", "Idempotency-Key is already used",
                        "This Idempotency-Key was already used with a different request"
                        " (method, path, query or body).", base=base)
     if outcome is ClaimOutcome.IN_PROGRESS:
-        return problem(409, "idempotency-request-in-progress",
+        return _ours(409, "idempotency-request-in-progress",
                        "A request is outstanding for this Idempotency-Key",
                        "The first request with this Idempotency-Key is still being processed;"
                        " retry later.", base=base, retry_after=retry_after)
     if outcome is ClaimOutcome.OUTCOME_UNKNOWN:
-        return problem(409, "idempotency-outcome-unknown",
+        return _ours(409, "idempotency-outcome-unknown",
                        "Outcome of the original request is unknown",
                        "The first request with this Idempotency-Key stopped reporting while it"
                        " ran; it may or may not have taken effect. It will not be executed"
                        " again: check its outcome before retrying with a new key.", base=base)
     if stored is None or stored.kind != "http" or not stored.replayable:
         code = str(stored.status) if stored is not None and stored.status else "unknown"
-        return problem(409, "idempotency-response-not-replayable",
+        return _ours(409, "idempotency-response-not-replayable",
                        "The original response cannot be replayed",
                        f"The request with this Idempotency-Key completed (status {code}), but"
                        " its response was not kept (too large to store, or in a content"
@@ -205,34 +261,34 @@ def claim_answer(outcome: ClaimOutcome, *, retry_after: float = 0.0,
 def key_invalid_problem(exc: Exception, *, missing: bool, base: str = PROBLEM_BASE) -> HttpAnswer:
     """400 for a missing (where required) or invalid ``Idempotency-Key``."""
     if missing:
-        return problem(400, "idempotency-key-missing", "Idempotency-Key is missing",
+        return _ours(400, "idempotency-key-missing", "Idempotency-Key is missing",
                        "This operation is idempotent and requires an Idempotency-Key header.",
                        base=base)
-    return problem(400, "idempotency-key-invalid", "Idempotency-Key is invalid", str(exc),
+    return _ours(400, "idempotency-key-invalid", "Idempotency-Key is invalid", str(exc),
                    base=base)
 
 
 def too_large_problem(limit: int, *, base: str = PROBLEM_BASE) -> HttpAnswer:
     """413 for a request body above the idempotency middleware's bound."""
-    return problem(413, "idempotency-request-too-large", "Request body too large",
+    return _ours(413, "idempotency-request-too-large", "Request body too large",
                    f"Requests with an Idempotency-Key may carry at most {limit} bytes.", base=base)
 
 
 def invalid_length_problem(*, base: str = PROBLEM_BASE) -> HttpAnswer:
     """400 for a ``Content-Length`` that is not 1-18 ASCII digits (never executed)."""
-    return problem(400, "invalid-content-length", "Content-Length is invalid",
+    return _ours(400, "invalid-content-length", "Content-Length is invalid",
                    "Content-Length must be a decimal number of bytes (ASCII digits only).",
                    base=base)
 
 
 def unavailable_problem(retry_after: float, *, base: str = PROBLEM_BASE) -> HttpAnswer:
     """503 + Retry-After when the idempotency store cannot answer (``on_backend_error="deny"``)."""
-    return problem(503, "idempotency-store-unavailable", "Idempotency store unavailable",
+    return _ours(503, "idempotency-store-unavailable", "Idempotency store unavailable",
                    "The request was not processed because its Idempotency-Key could not be"
                    " checked; retry with the same key.", base=base, retry_after=retry_after)
 
 
 def scope_missing_problem(*, base: str = PROBLEM_BASE) -> HttpAnswer:
     """500 when the configured scope callable found no principal (a server misconfiguration)."""
-    return problem(500, "idempotency-scope-unavailable", "No principal for the idempotency scope",
+    return _ours(500, "idempotency-scope-unavailable", "No principal for the idempotency scope",
                    "The server could not determine who sent this request.", base=base)

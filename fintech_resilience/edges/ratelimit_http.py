@@ -10,7 +10,6 @@ trip to the backend).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,54 +23,16 @@ from ..errors import ConfigurationError
 from ..keys import ClientKey, principal_or_ip
 from ..ratelimit.decision import Decision, retry_after_field
 from ..ratelimit.limiter import RateLimiter
+from .http import QUOTA_EXCEEDED, TEMPORARY_REDUCED_CAPACITY, problem
 
-__all__ = [
-    "PROBLEM_JSON",
-    "QUOTA_EXCEEDED",
-    "TEMPORARY_REDUCED_CAPACITY",
-    "RateLimitCore",
-    "RateLimitEdge",
-    "Rule",
-    "Verdict",
-    "problem",
-]
+__all__ = ["RateLimitCore", "RateLimitEdge", "Rule", "Verdict"]
 
-PROBLEM_JSON: Final = "application/problem+json"
-#: Problem types registered by draft-ietf-httpapi-ratelimit-headers (section "Problem Types").
-QUOTA_EXCEEDED: Final = "https://iana.org/assignments/http-problem-types#quota-exceeded"
-TEMPORARY_REDUCED_CAPACITY: Final = (
-    "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity"
-)
 _TITLES: Final = {
     429: "Request cannot be satisfied as assigned quota has been exceeded",
     503: "Request cannot be satisfied due to temporary server capacity constraints",
 }
 
 KeyFunc = Callable[[Any], "str | bytes | int | None"]
-
-
-def problem(status: int, *, type_: str = "about:blank", title: str | None = None,
-            detail: str | None = None, retry_after: float | None = None,
-            extra_headers: Iterable[tuple[str, str]] = (),
-            **members: Any) -> tuple[int, list[tuple[str, str]], bytes]:
-    """An RFC 9457 problem response: ``(status, headers, body)``.
-
-    ``retry_after`` (seconds) becomes a ``Retry-After`` field, rounded up to whole seconds (at
-    least 1). ``members`` are extension members (``violated_policies`` -> ``violated-policies``).
-    """
-    doc: dict[str, Any] = {"type": type_, "title": title or _TITLES.get(status, "Error"),
-                           "status": status}
-    if detail:
-        doc["detail"] = detail
-    for name, value in members.items():
-        doc[name.replace("_", "-")] = value
-    body = json.dumps(doc, separators=(",", ":")).encode()
-    headers = [("Content-Type", PROBLEM_JSON), ("Content-Length", str(len(body)))]
-    headers.extend(extra_headers)
-    value = None if retry_after is None else retry_after_field(retry_after)
-    if value is not None:
-        headers.append(("Retry-After", value))
-    return status, headers, body
 
 
 class Rule:
@@ -322,20 +283,19 @@ class RateLimitCore:
             return Verdict(True, headers=_fields(decided), decisions=decisions)
         label = refused.policy_label
         if not refused.measured:  # on_backend_error="deny" refused: not the client's fault
-            status, headers, body = problem(
-                503, type_=TEMPORARY_REDUCED_CAPACITY, retry_after=refused.retry_after,
-                detail="The rate limit store is unavailable; retry later.",
-                violated_policies=[label])
-            return Verdict(False, status, headers, body, decisions)
-        wait = refused.retry_after
-        seconds = retry_after_field(wait)
-        detail = ("The request costs more than the policy allows in one window."
-                  if seconds is None else f"Quota exceeded; retry in {seconds} second(s).")
-        status, headers, body = problem(
-            429, type_=QUOTA_EXCEEDED, detail=detail, violated_policies=[label],
-            retry_after=wait,
-            extra_headers=_fields(decided) if self.headers else ())
-        return Verdict(False, status, headers, body, decisions)
+            answer = problem(
+                503, type_=TEMPORARY_REDUCED_CAPACITY, title=_TITLES[503],
+                retry_after=refused.retry_after, violated_policies=[label],
+                detail="The rate limit store is unavailable; retry later.")
+        else:
+            wait = refused.retry_after
+            seconds = retry_after_field(wait)
+            answer = problem(
+                429, type_=QUOTA_EXCEEDED, title=_TITLES[429], retry_after=wait,
+                detail=("The request costs more than the policy allows in one window."
+                        if seconds is None else f"Quota exceeded; retry in {seconds} second(s)."),
+                violated_policies=[label], headers=_fields(decided) if self.headers else ())
+        return Verdict(False, answer.status, answer.wsgi_headers(), answer.body, decisions)
 
 
 AppT = TypeVar("AppT")

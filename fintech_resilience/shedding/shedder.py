@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from ..core import telemetry
-from ..edges.ratelimit_http import TEMPORARY_REDUCED_CAPACITY, problem
 from ..errors import ConfigurationError
 
 __all__ = ["LoadShedder", "Route"]
@@ -40,7 +39,7 @@ class LoadShedder(Generic[AppT]):
     """
 
     __slots__ = ("_limits", "_lock", "_others", "app", "classify", "default_class", "in_flight",
-                 "max_in_flight", "problem", "routes", "shed")
+                 "max_in_flight", "retry_after", "routes", "shed")
 
     def __init__(self, app: AppT, *, max_in_flight: int, routes: Sequence[Route] = (),
                  classify: Callable[[Any], str | None] | None = None,
@@ -80,9 +79,8 @@ class LoadShedder(Generic[AppT]):
         self.in_flight = 0
         self.shed: dict[str, int] = {}
         self._lock = threading.Lock()
-        #: the answer to a shed request: ``(status, headers, body)``
-        self.problem = problem(503, type_=TEMPORARY_REDUCED_CAPACITY, retry_after=retry_after,
-                               detail="The server is busy; retry later.")
+        #: seconds a shed request is told to wait (``Retry-After``)
+        self.retry_after = float(retry_after)
 
     def limit_of(self, klass: str) -> int:
         """How many in-flight requests (all classes) still admit a request of ``klass``."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from ...chaos.faults import Engine, Rule, _principal, problem_body
+from ...chaos.faults import Engine, Rule, _principal
 from ...errors import ConfigurationError
 from ..asgi_types import ASGIApp, Receive, Scope, Send
+from ..http import injected_answer, send_answer
 
 __all__ = ["ChaosMiddleware"]
 
@@ -70,10 +71,7 @@ class ChaosMiddleware:
             if failing is not None:
                 if failing.status is None:
                     raise failing.make_exception()
-                status, headers, body = problem_body(failing)
-                await send({"type": "http.response.start", "status": status,
-                            "headers": headers})
-                await send({"type": "http.response.body", "body": body})
+                await send_answer(send, injected_answer(failing.status, failing.name))
                 return
         token = _principal.set(who)
         try:

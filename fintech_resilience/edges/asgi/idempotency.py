@@ -19,7 +19,6 @@ from ..asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ..http import (
     PROBLEM_BASE,
     SAFE_REPLAY_HEADERS,
-    HttpAnswer,
     claim_answer,
     declared_length,
     invalid_length_problem,
@@ -28,6 +27,7 @@ from ..http import (
     replay_header_names,
     safe_asgi_headers,
     scope_missing_problem,
+    send_answer,
     too_large_problem,
     unavailable_problem,
 )
@@ -39,11 +39,6 @@ logger = logging.getLogger("fintech_resilience")
 
 DEFAULT_MAX_BODY = 1024 * 1024
 
-async def send_answer(send: Send, answer: HttpAnswer) -> None:
-    """Send a complete :class:`~fintech_resilience.edges.http.HttpAnswer`."""
-    await send({"type": "http.response.start", "status": answer.status,
-                "headers": answer.raw_headers()})
-    await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
 def check_options(store: object, scope: object, global_scope: bool, methods: Iterable[str],
                   max_body_bytes: int, max_response_bytes: int) -> frozenset[str]:
@@ -66,6 +61,7 @@ def check_options(store: object, scope: object, global_scope: bool, methods: Ite
     if not chosen:
         raise ConfigurationError("methods must name at least one HTTP method, e.g. ('POST',)")
     return chosen
+
 
 AppT = TypeVar("AppT")
 RequestT = TypeVar("RequestT")

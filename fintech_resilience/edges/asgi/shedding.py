@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ...shedding.shedder import LoadShedder
 from ..asgi_types import ASGIApp, Receive, Scope, Send
-from .ratelimit import encode_fields
+from ..http import send_answer, shed_answer
 
 __all__ = ["LoadSheddingMiddleware"]
 
@@ -45,10 +45,7 @@ class LoadSheddingMiddleware(LoadShedder[ASGIApp]):
             await self.app(scope, receive, send)
             return
         if not self.enter(self.class_of(scope)):
-            status, headers, body = self.problem  # the rare path: encoded when needed
-            await send({"type": "http.response.start", "status": status,
-                        "headers": encode_fields(headers)})
-            await send({"type": "http.response.body", "body": body})
+            await send_answer(send, shed_answer(self.retry_after))
             return
         try:
             await self.app(scope, receive, send)

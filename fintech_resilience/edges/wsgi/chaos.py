@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ...chaos.faults import Engine, Rule, _principal, problem_body
+from ...chaos.faults import Engine, Rule, _principal
 from ...errors import ConfigurationError
+from ..http import injected_answer, start_answer
 
 __all__ = ["ChaosMiddleware"]
 
@@ -62,23 +63,11 @@ class ChaosMiddleware:
             if failing is not None:
                 if failing.status is None:
                     raise failing.make_exception()
-                status, headers, body = problem_body(failing)
-                phrase = _phrase(status)
-                start_response(f"{status} {phrase}",
-                               [(k.decode("latin-1").title(), v.decode("latin-1"))
-                                for k, v in headers])
-                return [body]
+                return start_answer(start_response,
+                                    injected_answer(failing.status, failing.name))
         token = _principal.set(who)
         try:
             return self.app(environ, start_response)
         finally:
             _principal.reset(token)
 
-
-def _phrase(status: int) -> str:
-    import http
-
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"

@@ -20,9 +20,9 @@ from ..http import (
     invalid_length_problem,
     key_invalid_problem,
     parse_idempotency_key,
-    reason_phrase,
     safe_headers,
     scope_missing_problem,
+    start_answer,
     too_large_problem,
     unavailable_problem,
 )
@@ -37,12 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["IdempotencyMiddleware", "finish_claim", "open_claim"]
 
 logger = logging.getLogger("fintech_resilience")
-
-def answer_wsgi(start_response: StartResponse, answer: HttpAnswer) -> list[bytes]:
-    """Start and return a complete :class:`~fintech_resilience.edges.http.HttpAnswer`."""
-    start_response(f"{answer.status} {reason_phrase(answer.status)}", answer.wsgi_headers())
-    return [answer.body]
-
 
 def open_claim(store: IdempotencyStore, *, method: str, raw_key: str | None, required: bool,
                principal_of: Callable[[], Any], path: str, query: bytes,
@@ -123,7 +117,7 @@ class IdempotencyMiddleware(IdempotencyEdge["WSGIApplication", "WSGIEnvironment"
         if outcome is None:
             return self.app(environ, start_response)
         if isinstance(outcome, HttpAnswer):
-            return answer_wsgi(start_response, outcome)
+            return start_answer(start_response, outcome)
         return self._execute(environ, start_response, outcome)
 
     def _read_body(self, environ: WSGIEnvironment) -> bytes | HttpAnswer | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..http import reason_phrase
 from ..ratelimit_http import RateLimitEdge
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RateLimitMiddleware"]
 
-_REASONS = {429: "429 Too Many Requests", 503: "503 Service Unavailable"}
 
 
 class RateLimitMiddleware(RateLimitEdge["WSGIApplication"]):
@@ -38,7 +38,7 @@ class RateLimitMiddleware(RateLimitEdge["WSGIApplication"]):
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         verdict = self.core.check(environ.get("REQUEST_METHOD", "GET"), path or "/", environ)
         if not verdict.allowed:
-            start_response(_REASONS.get(verdict.status, str(verdict.status)), verdict.headers)
+            start_response(f"{verdict.status} {reason_phrase(verdict.status)}", verdict.headers)
             return [verdict.body]
         if not verdict.headers:
             return self.app(environ, start_response)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ...shedding.shedder import LoadShedder
+from ..http import shed_answer, start_answer
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import (
@@ -43,9 +44,7 @@ class LoadSheddingMiddleware(LoadShedder["WSGIApplication"]):
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
         if not self.enter(self.class_of(environ)):
-            status, headers, body = self.problem
-            start_response(f"{status} Service Unavailable", headers)
-            return [body]
+            return start_answer(start_response, shed_answer(self.retry_after))
         try:
             result = self.app(environ, start_response)
         except BaseException:
