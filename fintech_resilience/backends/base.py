@@ -57,6 +57,9 @@ class Backend(abc.ABC):
     #: False for a backend that never raises :class:`~fintech_resilience.BackendUnavailable`
     #: (the in-process one): patterns then call it without their ``on_backend_error`` guard.
     can_fail: bool = True
+    #: True when every process using the same store sees the same state (Redis); False for
+    #: state private to this process (memory).
+    shared: bool = True
 
     @abc.abstractmethod
     def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -74,6 +77,20 @@ class Backend(abc.ABC):
         may prepare the operation once here (the memory backend binds it to its store and lock);
         unknown scripts may be refused here rather than on the first call."""
         return functools.partial(self.run, script)
+
+    def breaker_success_counter(self, key: str, window_size: int, ttl_ms: int,
+                                now_us: Callable[[], int] | None
+                                ) -> Callable[[int], bool] | None:
+        """Optional capability: count a circuit breaker's plain successes in CLOSED in place,
+        without running ``breaker_record`` (``counter(generation) -> True`` when counted; False
+        when the operation must decide). None (the default): every outcome runs the operation.
+        The memory backend offers it for count windows (its successes need no round trip)."""
+        return None
+
+    def warn_if_evicting(self, what: str) -> bool:
+        """Log a warning (and return True) when the store may evict keys that hold ``what``;
+        a store that never evicts them answers False (the default)."""
+        return False
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. The backend must not be used afterwards."""
@@ -174,24 +191,26 @@ class BackendGuard:
     def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Run on the backend; on failure, apply the policy (see the class docstring)."""
         try:
-            result = self.backend.run(script, keys, args)
+            return self._answered(self.backend.run(script, keys, args))
         except BackendUnavailable as exc:
-            decided = self._fall_back(exc)
-            return self._run_local(script, keys, args) if decided is None else decided
-        if self._failing:
-            self._recovered()
-        return result
+            return self._unanswered(exc, script, keys, args)
 
     async def arun(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Async twin of :meth:`run`."""
         try:
-            result = await self.backend.arun(script, keys, args)
+            return self._answered(await self.backend.arun(script, keys, args))
         except BackendUnavailable as exc:
-            decided = self._fall_back(exc)
-            return self._run_local(script, keys, args) if decided is None else decided
+            return self._unanswered(exc, script, keys, args)
+
+    def _answered(self, result: Any) -> Any:
         if self._failing:
             self._recovered()
         return result
+
+    def _unanswered(self, exc: BackendUnavailable, script: str, keys: Sequence[str],
+                    args: Sequence[Arg]) -> Any:
+        decided = self._fall_back(exc)
+        return self._run_local(script, keys, args) if decided is None else decided
 
     def _run_local(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         local = self.local

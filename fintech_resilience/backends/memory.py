@@ -166,6 +166,7 @@ class MemoryBackend(Backend):
 
     kind = "memory"
     can_fail = False
+    shared = False
 
     def __init__(self, *, max_keys: int = 100_000, max_records: int = 100_000,
                  clock: Any = None) -> None:
@@ -187,6 +188,13 @@ class MemoryBackend(Backend):
             (lambda: round(clock.time() * 1_000_000)) if clock is not None
             else (lambda: time.time_ns() // 1000)
         )
+
+    def breaker_success_counter(self, key: str, window_size: int, ttl_ms: int,
+                                now_us: Callable[[], int] | None
+                                ) -> Callable[[int], bool] | None:
+        from .memory_ops.breaker import closed_success_bound
+
+        return closed_success_bound(self, key, window_size, ttl_ms, now_us)
 
     def clock_for(self, now_us: Callable[[], int] | None) -> Callable[[], int] | None:
         """The clock an operation bound to this backend reads: ``now_us`` (a caller's clock),

@@ -6,8 +6,8 @@ their twins in memory). Each process keeps a :class:`View` of the last reply, so
 
 * CLOSED (and DISABLED, METRICS_ONLY): the call runs at once; afterwards one ``breaker_record``
   round trip counts the outcome and returns the new state. One round trip per call. (On a
-  MemoryBackend a plain success in a full count window is counted in place, without the
-  operation: see ``memory_ops.breaker.closed_success_bound``.)
+  backend that offers it - the memory backend - a plain success in a full count window is
+  counted in place, without the operation: see ``Backend.breaker_success_counter``.)
 * OPEN / FORCED_OPEN known locally: rejected with :class:`CircuitOpen` without a round trip; the
   process asks again (one ``breaker_acquire``) when the break is over, or every
   ``refresh_interval`` seconds so operator commands reach it.
@@ -33,9 +33,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
 from ..audit import log as _audit
+from ..backends import default_backend
 from ..backends.base import Backend, BackendGuard, Fallback, LocalReply, OnBackendError
-from ..backends.memory import MemoryBackend, default_backend
-from ..backends.memory_ops.breaker import closed_success_bound, seed
+from ..backends.memory import MemoryBackend
+from ..backends.memory_ops.breaker import seed
 from ..core import storage_keys as _keys
 from ..core import telemetry
 from ..core.clock import Clock
@@ -148,10 +149,10 @@ class CircuitBreaker:
         self._plain_success = failure is None and neutral is None
         self.backend = backend if backend is not None else default_backend()
         self._guard = BackendGuard("breaker", self.name, self.backend, on_backend_error)
-        # a MemoryBackend cannot fail: skip the guard on the hot path
-        local = isinstance(self.backend, MemoryBackend)
-        self._run = self.backend.run if local else self._guard.run
-        self._arun = self.backend.arun if local else self._guard.arun
+        # a backend that cannot fail (in process) needs no guard
+        direct = not self.backend.can_fail
+        self._run = self.backend.run if direct else self._guard.run
+        self._arun = self.backend.arun if direct else self._guard.arun
         self._keys = [_keys.name_key(self.namespace, "cb", self.name)]
         self._record_tail = self.settings.record_tail()
         self._acquire_tail = self.settings.acquire_tail()
@@ -165,13 +166,13 @@ class CircuitBreaker:
         self._seeded: View | None = None
         self._seed_lock = threading.Lock()
         self._guard.prepare_local = self._prepare_local
-        # the memory backend with a count window: successes in CLOSED counted in place
+        # a count window on a backend that counts successes in CLOSED in place (memory)
         self._closed_success: Callable[[int], bool] | None = None
         window = self.settings.window
-        if local and isinstance(window, CountWindow):
-            self._closed_success = closed_success_bound(
-                cast(MemoryBackend, self.backend), self._keys[0], window.size,
-                self.settings.ttl_ms, None if clock is None else self._now_us)
+        if isinstance(window, CountWindow):
+            self._closed_success = self.backend.breaker_success_counter(
+                self._keys[0], window.size, self.settings.ttl_ms,
+                None if clock is None else self._now_us)
         # ... and when neither the outcome rules nor slow calls need the result or the duration
         self._quick = (self._closed_success if self._plain_success and self._slow is None
                        else None)

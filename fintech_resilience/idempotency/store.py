@@ -35,8 +35,8 @@ from collections.abc import Sequence
 from typing import Any, Final, ParamSpec, TypeVar
 
 from ..audit import log as _audit
+from ..backends import default_backend
 from ..backends.base import ALLOW, Backend, BackendGuard, Fallback, OnBackendError
-from ..backends.memory import MemoryBackend, default_backend
 from ..backends.redis import RedisBackend
 from ..core import storage_keys as _keys
 from ..core import telemetry
@@ -161,7 +161,7 @@ class IdempotencyStore:
                                      " must outlive the lease of the handler that owns it")
         self.backend = backend if backend is not None else default_backend()
         if secret is None:
-            if not isinstance(self.backend, MemoryBackend):
+            if self.backend.shared:
                 raise ConfigurationError(
                     "a shared backend needs secret=... (the same >= 16 random bytes on every"
                     " worker), e.g. secret=os.environ['IDEMPOTENCY_SECRET'].encode()"
@@ -194,7 +194,7 @@ class IdempotencyStore:
         self.unavailable_retry_after = float(unavailable_retry_after)
         self.clock = clock
         self._guard = BackendGuard(PATTERN, self.name, self.backend, on_backend_error)
-        if check_eviction and isinstance(self.backend, RedisBackend):
+        if check_eviction:
             self.backend.warn_if_evicting("idempotency records")
         self._lease_us = round(self.lease * 1_000_000)
         self._ttl_us = round(self.ttl * 1_000_000)
@@ -508,7 +508,7 @@ def _complete_and_wait(backend: Backend, record_key: str, args: Sequence[Any], r
     one connection) on the node that owns ``record_key``; return (reply, replicas that acked)."""
     import redis.exceptions as rex
 
-    from ..backends.redis import RedisBackend, script
+    from ..backends.redis import script
 
     if not isinstance(backend, RedisBackend):
         raise ConfigurationError("wait_replicas needs a RedisBackend")

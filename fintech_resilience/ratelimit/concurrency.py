@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import cast
 
+from ..backends import default_backend
 from ..backends.base import Backend, BackendGuard, Fallback, LocalReply, OnBackendError
-from ..backends.memory import default_backend
 from ..core import storage_keys as _keys
 from ..core import telemetry
 from ..core.clock import Clock

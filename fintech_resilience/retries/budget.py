@@ -26,8 +26,8 @@ import threading
 from typing import TYPE_CHECKING, Final, cast
 
 from ..audit import log as _audit
+from ..backends import default_backend
 from ..backends.base import Backend, BackendGuard, Fallback, OnBackendError
-from ..backends.memory import default_backend
 from ..core import storage_keys as _keys
 from ..core import telemetry
 from ..core.clock import Clock
