@@ -384,17 +384,19 @@ async def test_lease_is_renewed_in_the_background_while_an_async_handler_runs() 
 
 
 async def test_one_timer_renews_staggered_async_claims_each_before_its_lease_ends() -> None:
-    store = IdempotencyStore(MemoryBackend(), secret=SECRET, lease=0.15, ttl=60)
+    # real time (the renewals are the event loop's own timers): a lease long enough that a
+    # loaded machine's scheduling delays (renewal every 0.2 s) cannot lose it
+    store = IdempotencyStore(MemoryBackend(), secret=SECRET, lease=0.6, ttl=60)
 
     async def handler(name: str, start: float) -> bool:
         await asyncio.sleep(start)
         claim = await store.aclaim(store.record_key(name, scope="alice"), store.fingerprint(b""))
         async with store.aholding(claim) as ctx:
-            await asyncio.sleep(0.4)  # more than twice the lease
+            await asyncio.sleep(1.3)  # more than twice the lease
             lost = ctx.lease_lost
         return not lost and await store.acomplete(claim, response())
 
-    assert await asyncio.gather(*(handler(f"k{i}", 0.03 * i) for i in range(5))) == [True] * 5
+    assert await asyncio.gather(*(handler(f"k{i}", 0.1 * i) for i in range(5))) == [True] * 5
 
 
 def test_a_finished_event_loop_is_not_kept_alive(redis_url: str) -> None:
@@ -423,11 +425,11 @@ def test_a_finished_event_loop_is_not_kept_alive(redis_url: str) -> None:
 def test_lease_is_renewed_in_the_background_while_a_sync_handler_runs() -> None:
     import threading
 
-    store = IdempotencyStore(MemoryBackend(), secret=SECRET, lease=0.15, ttl=60)
+    store = IdempotencyStore(MemoryBackend(), secret=SECRET, lease=0.6, ttl=60)
     key = store.record_key("k", scope="alice")
     claim = store.claim(key, store.fingerprint(b""))
     with store.holding(claim) as ctx:
-        threading.Event().wait(0.3)  # the handler's own work, twice the lease
+        threading.Event().wait(1.3)  # the handler's own work, more than twice the lease
         assert not ctx.lease_lost
     assert store.complete(claim, response())
 
@@ -435,7 +437,7 @@ def test_lease_is_renewed_in_the_background_while_a_sync_handler_runs() -> None:
 @pytest.mark.parametrize("secret", [b"s" * 16, b"0123456789abcdef" * 4, os.urandom(65),
                                     os.urandom(200)])
 def test_keys_and_fingerprints_are_hmac_sha256_with_length_prefixed_parts(secret: bytes) -> None:
-    # the store's precomputed-pad HMAC must equal the standard library's, for keys shorter
+    # the store's MAC must equal the standard library's HMAC of the parts, for keys shorter
     # than, equal to and longer than SHA-256's block
     def reference(*parts: bytes) -> bytes:
         msg = b"".join(len(p).to_bytes(8, "big") + p for p in parts)
