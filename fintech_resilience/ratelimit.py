@@ -39,7 +39,6 @@ from .backends.base import (
     ALLOW,
     Backend,
     BackendGuard,
-    ConstantArgs,
     Fallback,
     LocalReply,
     OnBackendError,
@@ -373,9 +372,9 @@ class RateLimiter:
         # ... as the scripts receive them: fractions written once (as redis-py would write them),
         # not on every call
         self._args_tail = tuple(repr(x) if isinstance(x, float) else x for x in tail)
-        # the arguments of a call at cost 1 on the backend's clock (most calls): the same every
-        # time, so a backend may encode them once
-        self._constant_args = ConstantArgs((0, 1, *self._args_tail))
+        # the arguments of a call at cost 1 on the backend's clock (most calls): the same tuple
+        # every time, so a backend may keep its encoding
+        self._constant_args = (0, 1, *self._args_tail)
         # the memory default with one GCRA limit: the twin bound to its store, no dispatch
         self._local: Callable[[str, int], list[int]] | None = None
         if isinstance(self.backend, MemoryBackend) and algorithm == "gcra" and len(tail) == 2:

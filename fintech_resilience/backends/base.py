@@ -67,16 +67,6 @@ class Backend(abc.ABC):
         self.close()
 
 
-class ConstantArgs(tuple[Any, ...]):
-    """Script arguments that are the same on every call of one caller (a rate limiter's rates,
-    with the backend's clock and cost 1): a backend may encode them once and keep the encoding
-    on the object (:class:`~fintech_resilience.RedisBackend` keeps the RESP bytes of its
-    EVALSHA around the key). Everywhere else it is the tuple it holds."""
-
-    #: (script sha, RESP before the key, RESP after the key), set by the backend on first use
-    encoded: tuple[str, bytes, bytes] | None = None
-
-
 class LocalReply(list[Any]):
     """A reply computed by the per-process fallback backend (``on_backend_error="local"``)."""
 
