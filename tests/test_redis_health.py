@@ -43,25 +43,43 @@ def _keys_by_node(cluster: servers.RedisClusterServers, limiter: RateLimiter,
 
 
 async def test_a_dead_primary_sends_only_its_own_slots_to_the_fallback(
-        small_cluster: servers.RedisClusterServers) -> None:
+        small_cluster: servers.RedisClusterServers, caplog: pytest.LogCaptureFixture) -> None:
     backend = RedisBackend.from_url(small_cluster.url, timeout=0.1, cooldown=0.2)
     limiter = RateLimiter("100/hour", backend=backend, name="isolated", on_backend_error="local")
     by_node = _keys_by_node(small_cluster, limiter)
+
+    def logged(what: str) -> int:
+        return sum(what in r.getMessage() for r in caplog.records)
+
     try:
         for keys in by_node.values():
             for key in keys:
                 assert limiter.acquire(key).fallback is None
         small_cluster.nodes[0].kill()
-        for attempt in range(1, 6):  # enough calls to open any health breaker
-            for index, keys in by_node.items():
+        with caplog.at_level("WARNING", logger="fintech_resilience"):
+            for attempt in range(1, 6):  # enough calls to open any health breaker
+                for index, keys in by_node.items():
+                    for key in keys:
+                        decisions = [limiter.acquire(key), await limiter.aacquire(key)]
+                        if index == 0:
+                            assert [d.fallback for d in decisions] == ["local", "local"]
+                        else:  # shared and exact: two units per attempt, one before the kill
+                            assert [d.fallback for d in decisions] == [None, None], (index, key)
+                            assert [d.remaining for d in decisions] == [
+                                100 - 2 * attempt, 99 - 2 * attempt]
+            # shared and local decisions alternate, and the log says so once, without flapping
+            assert (logged("backend unavailable"), logged("backend recovered")) == (1, 0)
+            small_cluster.nodes[0].restart()  # it comes back with its slots (and no data)
+            small_cluster.wait_ready()
+            dead_key = by_node[0][0]
+            for _ in range(200):
+                if limiter.acquire(dead_key).fallback is None:
+                    break
+                await asyncio.sleep(0.05)
+            for keys in by_node.values():
                 for key in keys:
-                    decisions = [limiter.acquire(key), await limiter.aacquire(key)]
-                    if index == 0:
-                        assert [d.fallback for d in decisions] == ["local", "local"]
-                    else:  # shared and exact: two units per attempt, one before the kill
-                        assert [d.fallback for d in decisions] == [None, None], (index, key)
-                        assert [d.remaining for d in decisions] == [
-                            100 - 2 * attempt, 99 - 2 * attempt]
+                    assert limiter.acquire(key).fallback is None
+            assert (logged("backend unavailable"), logged("backend recovered")) == (1, 1)
     finally:
         await backend.aclose()
 

@@ -59,6 +59,11 @@ class Backend(abc.ABC):
     async def arun(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Async twin of :meth:`run`."""
 
+    def healthy(self) -> bool:
+        """Whether every part of the store answers (a Redis Cluster: every primary). A guard
+        that fell back says decisions are shared again only then."""
+        return True
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. The backend must not be used afterwards."""
 
@@ -172,6 +177,8 @@ class BackendGuard:
         return ALLOW if self.policy == "allow" else DENY
 
     def _recovered(self) -> None:
+        if not self.backend.healthy():
+            return  # another part still fails (one Cluster primary): no flapping to and fro
         self._failing = False
         telemetry.logger.warning(
             "%s %r: backend recovered; decisions are shared again", self.pattern, self.name

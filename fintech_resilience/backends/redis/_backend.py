@@ -147,6 +147,11 @@ class RedisBackend(Backend):
             raise ConfigurationError("a Cluster has a health breaker per node: use health_for(key)")
         return self._node("").health
 
+    def healthy(self) -> bool:
+        """No primary's last call failed (and the topology is known)."""
+        topology = self._topology
+        return topology.ready and not any(n.health.failing for n in topology.primaries())
+
     def _resolve(self) -> None:
         """Learn the topology (first use); raise BackendUnavailable when Redis cannot tell."""
         with self._resolving:
@@ -175,11 +180,15 @@ class RedisBackend(Backend):
         return node
 
     def _failed(self, node: Node, exc: BaseException) -> BackendUnavailable:
-        """The error a failed call raises; a dead node is counted, a full one is not."""
+        """The error a failed call raises. A failure of the node counts once - a lane that
+        times out fails all its waiting calls with one error, one failed round trip - and a
+        full server's refusal does not count."""
         if is_refusal(exc):
             return BackendUnavailable(f"Redis {node.address} refused the connection: {exc}")
-        node.health.failure()
-        self._topology.refresh_soon()
+        if not getattr(exc, "_counted", False):
+            exc._counted = True  # type: ignore[attr-defined]
+            node.health.failure()
+            self._topology.refresh_soon()
         return BackendUnavailable(f"Redis {node.address}: {type(exc).__name__}: {exc}")
 
     # -- sync decisions ------------------------------------------------------------------------

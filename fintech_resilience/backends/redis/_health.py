@@ -54,6 +54,11 @@ class HealthBreaker:
     def is_open(self) -> bool:
         return self._failures >= self.threshold
 
+    @property
+    def failing(self) -> bool:
+        """The last call failed (the breaker may not be open yet)."""
+        return self._failures > 0
+
     def before_call(self) -> None:
         """Raise BackendUnavailable while cooling down or while another call probes."""
         if self._failures < self.threshold:

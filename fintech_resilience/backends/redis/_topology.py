@@ -181,6 +181,7 @@ class ClusterTopology(Topology):
     def __init__(self, client: Callable[[], Any], settings: Settings) -> None:
         super().__init__(client, settings)
         self._slots: list[Node | None] = []
+        self._primaries: list[Node] = []
         self._slot_of: dict[str, int] = {}
 
     def node_for(self, key: str) -> Node:
@@ -197,7 +198,7 @@ class ClusterTopology(Topology):
         return node
 
     def primaries(self) -> list[Node]:
-        return list({id(n): n for n in self._slots if n is not None}.values())
+        return self._primaries
 
     def resolve(self) -> None:
         client = self._client()  # made once; making it discovers the cluster
@@ -205,6 +206,7 @@ class ClusterTopology(Topology):
         if self.ready:
             manager.initialize()
         slots: list[Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+        known = self._slots or slots
         named: dict[str, Node] = {}
         for slot, holders in list(manager.slots_cache.items()):
             primary = holders[0]
@@ -215,8 +217,14 @@ class ClusterTopology(Topology):
                     pool.connection_class, pool.connection_kwargs, self.settings)
                 self._template = connection
                 node = named[primary.name] = self.node(connection)
+            current = known[slot]
+            if node.health.is_open and current is not None and not current.health.is_open:
+                # a node that has not yet heard of a failover names the dead primary again:
+                # keep the answering one (a MOVED corrects this if the slot really went back)
+                node = current
             slots[slot] = node
         self._slots = slots
+        self._primaries = list({id(n): n for n in slots if n is not None}.values())
         self.ready = True
 
     def _at(self, detail: str) -> tuple[int, Node]:
@@ -228,6 +236,8 @@ class ClusterTopology(Topology):
     def moved(self, detail: str) -> Node:
         slot, node = self._at(detail)
         self._slots[slot] = node
+        if node not in self._primaries:
+            self._primaries = [*self._primaries, node]
         self.refresh_soon()  # a slot moved: others may have too
         return node
 
