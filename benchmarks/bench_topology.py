@@ -14,9 +14,11 @@ c. round trips per decision: Redis ``INFO commandstats`` calls of EVALSHA (and E
    commands clients sent per decision (all calls minus the scripts and the TIME, GET and SET
    the script runs inside: a decision that needs more than its script shows here).
 
-Each round measures every topology, in an order rotated from round to round; the table shows
-medians over rounds and ratios to standalone TCP (machine timings drift 10-30 %: compare only
-within one run). Also checked once: the first decision on TLS with ``from_url``'s default
+Each round pairs standalone TCP with every other topology in turn (topologies rotated from
+round to round): the asyncio case alternates the two 4 times, the sync case 10 times, in ABBA
+order. The table shows medians over all measurements, and for the ratios to standalone TCP the
+median over rounds of each round's median ratio of adjacent alternations (machine timings drift
+10-30 %: compare only within one run, and adjacent measurements best). Also checked once: the first decision on TLS with ``from_url``'s default
 timeouts is shared (not a local fallback), and a server requiring client certificates accepts
 the backend's connections (sync and asyncio).
 
@@ -60,6 +62,9 @@ class Topology:
                                    on_backend_error="raise")
         self.per_s: list[float] = []
         self.median_us: list[float] = []
+        #: this topology / standalone TCP, measured one after the other
+        self.per_s_ratio: list[float] = []
+        self.latency_ratio: list[float] = []
         self.p99_us: list[float] = []
         self.async_scripts: list[float] = []
         self.sync_scripts: list[float] = []
@@ -81,7 +86,7 @@ class Topology:
                 calls = int(value.split(",")[0].split("=")[1])
                 if name in ("cmdstat_evalsha", "cmdstat_eval"):
                     scripts += calls
-                elif name not in INSIDE_THE_SCRIPT:
+                elif name.split("|")[0] not in INSIDE_THE_SCRIPT:  # "cmdstat_config|resetstat"
                     other += calls
         return scripts, other
 
@@ -115,28 +120,51 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+async def paired(base: Topology, topo: Topology, per_task: int, sync_n: int,
+                 first: bool) -> None:
+    """One round of ``topo`` against standalone TCP: the asyncio case in 4 alternations and
+    the sync case in 10, in ABBA order, so drift of the machine hits both alike; the round's
+    ratio is the median of the alternations' ratios."""
+    async_ratios, sync_ratios = [], []
+    for i in range(4):
+        order = (base, topo) if (i % 2 == 0) == first else (topo, base)
+        got = {}
+        for measured in order:
+            measured.reset_stats()
+            got[measured.name] = await decisions_per_s(measured, per_task // 4)
+            scripts, other = measured.counted()
+            measured.async_scripts.append(scripts / (TASKS * (per_task // 4)))
+            measured.async_commands.append(other / (TASKS * (per_task // 4)))
+            measured.per_s.append(got[measured.name])
+        async_ratios.append(got[topo.name] / got[base.name])
+    for i in range(10):
+        order = (base, topo) if (i % 2 == 0) == first else (topo, base)
+        got = {}
+        for measured in order:
+            measured.reset_stats()
+            lat = await asyncio.to_thread(latencies_us, measured, sync_n // 10)
+            scripts, other = measured.counted()
+            measured.sync_scripts.append(scripts / (sync_n // 10))
+            measured.sync_commands.append(other / (sync_n // 10))
+            measured.median_us.append(statistics.median(lat))
+            measured.p99_us.append(percentile(lat, 0.99))
+            got[measured.name] = measured.median_us[-1]
+        sync_ratios.append(got[topo.name] / got[base.name])
+    topo.per_s_ratio.append(statistics.median(async_ratios))
+    topo.latency_ratio.append(statistics.median(sync_ratios))
+
+
 async def measure(topologies: list[Topology], rounds: int, per_task: int, sync_n: int) -> None:
+    """Each round pairs standalone TCP with every other topology in turn (see paired)."""
+    base, others = topologies[0], topologies[1:]
     for topo in topologies:  # warm up: connections, scripts, slot maps
         await decisions_per_s(topo, 5)
         latencies_us(topo, 50)
     for r in range(rounds):
-        order = topologies[r % len(topologies):] + topologies[:r % len(topologies)]
-        for topo in order:
-            topo.reset_stats()
-            topo.per_s.append(await decisions_per_s(topo, per_task))
-            scripts, total = topo.counted()
-            decided = TASKS * per_task
-            topo.async_scripts.append(scripts / decided)
-            topo.async_commands.append(total / decided)
-            topo.reset_stats()
-            lat = await asyncio.to_thread(latencies_us, topo, sync_n)
-            scripts, total = topo.counted()
-            topo.sync_scripts.append(scripts / sync_n)
-            topo.sync_commands.append(total / sync_n)
-            topo.median_us.append(statistics.median(lat))
-            topo.p99_us.append(percentile(lat, 0.99))
-            print(f"round {r + 1} {topo.name:22} {topo.per_s[-1]:>9.0f}/s "
-                  f"{topo.median_us[-1]:7.1f} µs", file=sys.stderr)
+        for topo in others[r % len(others):] + others[:r % len(others)]:
+            await paired(base, topo, per_task, sync_n, first=r % 2 == 0)
+            print(f"round {r + 1} {topo.name:22} {topo.per_s_ratio[-1]:5.2f}x decisions/s,"
+                  f" {topo.latency_ratio[-1]:5.2f}x sync latency", file=sys.stderr)
 
 
 def first_tls_decision(url: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -180,20 +208,15 @@ def client_certificate_check(server: servers.TlsRedisServer) -> dict[str, Any]:
 
 
 def rows(topologies: list[Topology]) -> list[dict[str, Any]]:
-    base = topologies[0]
-    base_per_s = statistics.median(base.per_s)
-    base_median = statistics.median(base.median_us)
     out = []
     for topo in topologies:
-        per_s = statistics.median(topo.per_s)
-        median = statistics.median(topo.median_us)
         out.append({
             "topology": topo.name,
-            "decisions_per_s": round(per_s),
-            "per_s_vs_tcp": round(per_s / base_per_s, 2),
-            "sync_median_us": round(median, 1),
+            "decisions_per_s": round(statistics.median(topo.per_s)),
+            "per_s_vs_tcp": round(statistics.median(topo.per_s_ratio or [1.0]), 2),
+            "sync_median_us": round(statistics.median(topo.median_us), 1),
             "sync_p99_us": round(statistics.median(topo.p99_us), 1),
-            "sync_median_vs_tcp": round(median / base_median, 2),
+            "sync_median_vs_tcp": round(statistics.median(topo.latency_ratio or [1.0]), 2),
             "evalsha_per_decision_async": round(statistics.median(topo.async_scripts), 3),
             "evalsha_per_decision_sync": round(statistics.median(topo.sync_scripts), 3),
             "other_commands_per_decision_async": round(statistics.median(topo.async_commands), 3),
@@ -225,7 +248,7 @@ def main() -> None:
     import platform
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--per-task", type=int, default=200, help="decisions per task, case a")
     parser.add_argument("--sync", type=int, default=3000, help="sync decisions per round, case b")
     parser.add_argument("--json", action="store_true")

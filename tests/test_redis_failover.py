@@ -270,3 +270,63 @@ def test_sentinel_primary_killed_under_load_from_four_processes(
     print(f"sentinel: replica promoted {failover[0]:.2f}s after the kill; decisions shared again"
           f" after {max(recovered.values()):.2f}s at most")
     assert max(recovered.values()) <= failover[0] + 2.0
+
+
+def _replicated(primary: servers.RedisServer, replica: servers.RedisServer) -> bool:
+    """The replica has everything the primary wrote (replication offsets match)."""
+    mine = int(primary.info("replication")["master_repl_offset"])
+    return int(replica.info("replication").get("master_repl_offset", -1)) >= mine
+
+
+def _charge_until_answered(charge: Any, payment: str, deadline: float) -> Any:
+    """Retry as a client would while the store refuses (on_backend_error="deny")."""
+    from fintech_resilience import BackendUnavailable
+
+    while True:
+        try:
+            return charge(payment)
+        except BackendUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"])
+def test_no_idempotent_double_execution_across_a_failover(
+        topology: str, request: pytest.FixtureRequest) -> None:
+    """Payments recorded and replicated before the primary dies are replayed after the
+    failover, never executed again; while no primary answers, nothing runs ("deny")."""
+    from fintech_resilience import IdempotencyStore, idempotent
+
+    if topology == "sentinel":
+        group: Any = request.getfixturevalue("sentinel")
+        url, pairs = group.url, [(group.primary, group.replica)]
+    else:
+        group = request.getfixturevalue("cluster_with_replicas")
+        url, pairs = group.url, [(group.nodes[i], group.nodes[i + 3]) for i in range(3)]
+    backend = RedisBackend.from_url(url, timeout=0.5, cooldown=0.2)
+    store = IdempotencyStore(backend, secret=b"s" * 32)
+    executed: dict[str, int] = {}
+
+    @idempotent(store, key=lambda payment: payment, global_scope=True)
+    def charge(payment: str) -> dict[str, str]:
+        executed[payment] = executed.get(payment, 0) + 1
+        return {"charged": payment}
+
+    payments = [f"pay-{i}" for i in range(60)]
+    try:
+        assert [charge(p) for p in payments] == [{"charged": p} for p in payments]
+        deadline = time.monotonic() + 10
+        while not all(_replicated(p, r) for p, r in pairs):
+            assert time.monotonic() < deadline, "the replicas did not catch up"
+            time.sleep(0.01)
+        if topology == "sentinel":
+            group.kill_primary()
+        else:
+            group.nodes[1].kill()
+        deadline = time.monotonic() + 30
+        replays = [_charge_until_answered(charge, p, deadline) for p in payments]
+        assert replays == [{"charged": p} for p in payments]
+        assert executed == dict.fromkeys(payments, 1)  # each payment ran once, ever
+    finally:
+        backend.close()

@@ -23,11 +23,11 @@ import redis.exceptions as rex
 from ..._per_loop import PerLoop
 from ...errors import BackendUnavailable, ConfigurationError
 from ..base import Arg, Backend
-from ._clients import ClientFactory, factory_from_client, factory_from_url
+from ._clients import ClientFactory, client_timeouts, factory_from_client, factory_from_url
 from ._health import HealthBreaker, Refused, is_refusal
 from ._lane import Lane
 from ._loops import LoopState, suppress_errors, when_closed
-from ._resp import Commands
+from ._resp import Commands, error_code
 from ._scripts import script
 from ._settings import Settings
 from ._threads import ThreadConnections
@@ -75,7 +75,7 @@ class RedisBackend(Backend):
                     "RedisBackend needs a client; use RedisBackend.from_url('redis://host:6379/0')"
                 )
             _factory = factory_from_client(client, async_client)
-            theirs = _client_timeouts(client if client is not None else async_client)
+            theirs = client_timeouts(client if client is not None else async_client)
             timeout = timeout if timeout is not None else theirs[0]
             connect_timeout = connect_timeout if connect_timeout is not None else theirs[1]
         self.settings = Settings(
@@ -301,7 +301,7 @@ class RedisBackend(Backend):
         importing node once. Other error replies fail the call (the node counts a failure)."""
         asking = False
         for _ in range(_REDIRECTS):
-            code, detail = _error(reply)
+            code, detail = error_code(reply)
             command: tuple[Any, ...] = ("EVALSHA", sha, len(keys), *keys, *args)
             if code == "NOSCRIPT":
                 command = ("EVAL", source, len(keys), *keys, *args)
@@ -318,7 +318,7 @@ class RedisBackend(Backend):
             if not isinstance(reply, Exception):
                 node.health.success()
                 return reply
-        if _error(reply)[0] in _STALE:
+        if error_code(reply)[0] in _STALE:
             self._topology.refresh_soon()
         node.health.failure()
         raise BackendUnavailable(f"Redis {node.address}: {reply}")
@@ -393,23 +393,3 @@ async def _release(ref: weakref.ref[RedisBackend], loop: asyncio.AbstractEventLo
     backend = ref()
     if backend is not None:
         await backend._release(loop)
-
-
-def _error(reply: Exception) -> tuple[str, str]:
-    """``("MOVED", "3999 127.0.0.1:6381")`` for an error reply (redis-py's exceptions keep the
-    code apart from the message; hiredis's carry the whole line)."""
-    code = getattr(reply, "status_code", None)
-    if code:
-        return str(code), str(reply)
-    code, _, detail = str(reply).partition(" ")
-    return code, detail
-
-
-def _client_timeouts(client: Any) -> tuple[float | None, float | None]:
-    """``socket_timeout`` and ``socket_connect_timeout`` a caller's client was made with."""
-    kwargs = getattr(client, "connection_kwargs", None)  # asyncio RedisCluster
-    if kwargs is None and hasattr(client, "nodes_manager"):
-        kwargs = client.nodes_manager.connection_kwargs
-    if kwargs is None:
-        kwargs = client.connection_pool.connection_kwargs
-    return kwargs.get("socket_timeout"), kwargs.get("socket_connect_timeout")

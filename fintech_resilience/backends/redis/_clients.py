@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from ...errors import ConfigurationError
 from ._settings import Settings
 
-__all__ = ["ClientFactory", "factory_from_client", "factory_from_url"]
+__all__ = ["ClientFactory", "client_timeouts", "factory_from_client", "factory_from_url"]
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster",
            "rediss+cluster")
@@ -220,3 +220,13 @@ def _sync_twin(client: Any) -> Any:
     return redis.Redis(host=pool.connection_kwargs.get("host", "localhost"),
                        port=pool.connection_kwargs.get("port", 6379), retry=_no_retry_sync(),
                        **kw)
+
+
+def client_timeouts(client: Any) -> tuple[float | None, float | None]:
+    """``socket_timeout`` and ``socket_connect_timeout`` a caller's client was made with."""
+    kwargs = getattr(client, "connection_kwargs", None)  # asyncio RedisCluster
+    if kwargs is None and hasattr(client, "nodes_manager"):
+        kwargs = client.nodes_manager.connection_kwargs
+    if kwargs is None:
+        kwargs = client.connection_pool.connection_kwargs
+    return kwargs.get("socket_timeout"), kwargs.get("socket_connect_timeout")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["Commands", "PyReader", "ReplyError", "make_reader", "pack_command",
+__all__ = ["Commands", "PyReader", "ReplyError", "error_code", "make_reader", "pack_command",
            "py_pack_command"]
 
 
@@ -145,3 +145,13 @@ class Commands:
 
     def pack(self, command: Sequence[Any]) -> bytes:
         return self._pack(command)
+
+
+def error_code(reply: Exception) -> tuple[str, str]:
+    """``("MOVED", "3999 127.0.0.1:6381")`` for an error reply (redis-py's exceptions keep the
+    code apart from the message; hiredis's carry the whole line)."""
+    code = getattr(reply, "status_code", None)
+    if code:
+        return str(code), str(reply)
+    code, _, detail = str(reply).partition(" ")
+    return code, detail
