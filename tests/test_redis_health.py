@@ -146,10 +146,24 @@ async def test_the_first_tls_connection_gets_the_connect_timeout(
 
 
 def test_connect_timeout_defaults_to_one_second_apart_from_the_command_timeout() -> None:
+    import redis
+
+    from fintech_resilience import ConfigurationError
+
     backend = RedisBackend.from_url("redis://127.0.0.1:1/0")
     assert (backend.settings.timeout, backend.settings.connect_timeout) == (0.05, 1.0)
     backend = RedisBackend.from_url("redis://127.0.0.1:1/0", timeout=0.2, connect_timeout=3)
-    assert (backend.settings.timeout, backend.settings.connect_timeout) == (0.2, 3.0)
+    assert (backend.settings.timeout, backend.settings.connect_timeout) == (0.2, 3)
+    # a client passed in keeps its timeouts (redis-py's defaults are 5 s), unless told
+    given = RedisBackend(redis.Redis(port=1, socket_timeout=0.3, socket_connect_timeout=2))
+    assert (given.settings.timeout, given.settings.connect_timeout) == (0.3, 2)
+    told = RedisBackend(redis.Redis(port=1), timeout=0.05, connect_timeout=1.0)
+    assert (told.settings.timeout, told.settings.connect_timeout) == (0.05, 1.0)
+    for bad in ({"timeout": 0}, {"connect_timeout": 0}, {"connect_timeout": -1}):
+        with pytest.raises(ConfigurationError):
+            RedisBackend.from_url("redis://127.0.0.1:1/0", **bad)
+        with pytest.raises(ConfigurationError):
+            RedisBackend(redis.Redis(port=1), **bad)
 
 
 def test_a_refusing_server_still_answers_with_the_policy(fresh_redis: servers.RedisServer) -> None:

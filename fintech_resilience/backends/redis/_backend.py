@@ -53,8 +53,8 @@ class RedisBackend(Backend):
     :param client: an existing ``redis.Redis`` / ``redis.cluster.RedisCluster`` (or an asyncio
         twin): where Redis is and how to connect. Prefer :meth:`from_url`.
     :param async_client: the asyncio client, returned by :meth:`async_client`.
-    :param timeout: seconds to wait for a reply (default: the client's ``socket_timeout``,
-        else 50 ms).
+    :param timeout: seconds to wait for a reply (default: the client's ``socket_timeout`` -
+        redis-py's own default is 5 s, so set it here - else 50 ms).
     :param connect_timeout: seconds a new connection may take, TLS handshake included
         (default: the client's ``socket_connect_timeout``, else 1 s).
     :param failure_threshold: consecutive failures of one node that open its health breaker.
@@ -79,7 +79,8 @@ class RedisBackend(Backend):
             timeout = timeout if timeout is not None else theirs[0]
             connect_timeout = connect_timeout if connect_timeout is not None else theirs[1]
         self.settings = Settings(
-            timeout=timeout or 0.05, connect_timeout=connect_timeout or 1.0,
+            timeout=0.05 if timeout is None else timeout,
+            connect_timeout=1.0 if connect_timeout is None else connect_timeout,
             failure_threshold=failure_threshold, cooldown=cooldown,
             probe_timeout=-1.0 if probe_timeout is None else probe_timeout)
         self._factory = _factory
@@ -108,7 +109,8 @@ class RedisBackend(Backend):
         :param client_options: passed to redis-py's clients (``ssl_ca_certs=``,
             ``ssl_certfile=``, ``client_name=``, ...).
         """
-        settings = Settings(timeout=timeout, connect_timeout=connect_timeout or 1.0,
+        settings = Settings(timeout=timeout,
+                            connect_timeout=1.0 if connect_timeout is None else connect_timeout,
                             failure_threshold=failure_threshold, cooldown=cooldown)
         factory = factory_from_url(url, settings, **client_options)
         return cls(timeout=settings.timeout, connect_timeout=settings.connect_timeout,
