@@ -25,7 +25,7 @@ def no_retry() -> Retry:
 
 def master_client(watcher: Sentinel, service_name: str) -> redis.Redis:
     client: redis.Redis = watcher.master_for(  # type: ignore[no-untyped-call]
-        service_name, socket_timeout=1.0
+        service_name, socket_timeout=5.0  # longer than the WAIT below (2 s) may block
     )
     return client
 
