@@ -35,6 +35,7 @@ from typing import IO, Any, Protocol, Self
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 
 __all__ = [
     "FAKEREDIS_FALLBACK",
@@ -50,11 +51,14 @@ __all__ = [
     "SentinelServers",
     "StandaloneServer",
     "TcpProxy",
+    "TlsFiles",
+    "TlsRedisServer",
     "command",
     "find_redis_server",
     "free_port",
     "live_servers",
     "redis_server_version",
+    "tls_files",
 ]
 
 LOCALHOST = "127.0.0.1"
@@ -581,21 +585,143 @@ class RedisServer:
 
 
 # --------------------------------------------------------------------------------------------
+# TLS: certificates generated for the test session, and a server speaking TLS
+# --------------------------------------------------------------------------------------------
+
+
+class TlsFiles:
+    """PEM files of a throwaway CA, a server certificate for 127.0.0.1 / localhost signed by it,
+    and a client certificate signed by it, in ``directory`` (generated with ``cryptography``)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.ca = directory / "ca.crt"
+        self.server_cert = directory / "server.crt"
+        self.server_key = directory / "server.key"
+        self.client_cert = directory / "client.crt"
+        self.client_key = directory / "client.key"
+
+    def client_options(self, *, client_cert: bool = False) -> dict[str, Any]:
+        """redis-py connection options that trust the CA (and present the client certificate)."""
+        options: dict[str, Any] = {"ssl_ca_certs": str(self.ca), "ssl_cert_reqs": "required"}
+        if client_cert:
+            options.update(ssl_certfile=str(self.client_cert), ssl_keyfile=str(self.client_key))
+        return options
+
+
+@functools.cache
+def tls_files() -> TlsFiles:
+    """One set of certificates per test session (RSA 2048, valid for a day)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    files = TlsFiles(Path(tempfile.mkdtemp(prefix="fr-tls-")))
+    now = datetime.datetime.now(datetime.UTC)
+
+    def key() -> rsa.RSAPrivateKey:
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def write_key(path: Path, private: rsa.RSAPrivateKey) -> None:
+        path.write_bytes(private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption()))
+
+    ca_key = key()
+    ca = (x509.CertificateBuilder().subject_name(name("fr-test-ca")).issuer_name(name("fr-test-ca"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+
+    def leaf(common: str, usage: x509.ObjectIdentifier, cert_path: Path, key_path: Path) -> None:
+        private = key()
+        builder = (x509.CertificateBuilder().subject_name(name(common)).issuer_name(ca.subject)
+                   .public_key(private.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                   .add_extension(x509.SubjectAlternativeName([
+                       x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOCALHOST))
+                   ]), critical=False))
+        cert_path.write_bytes(builder.sign(ca_key, hashes.SHA256())
+                              .public_bytes(serialization.Encoding.PEM))
+        write_key(key_path, private)
+
+    leaf("fr-test-server", ExtendedKeyUsageOID.SERVER_AUTH, files.server_cert, files.server_key)
+    leaf("fr-test-client", ExtendedKeyUsageOID.CLIENT_AUTH, files.client_cert, files.client_key)
+    atexit.register(shutil.rmtree, files.directory, ignore_errors=True)
+    return files
+
+
+class TlsRedisServer(RedisServer):
+    """A ``redis-server`` with a TLS port (certificates from :func:`tls_files`) next to its plain
+    port: clients under test use :attr:`tls_url`, the harness's own checks the plain port.
+
+    ``auth_clients=True`` makes the server require a client certificate signed by the CA.
+    """
+
+    def __init__(self, extra_args: Sequence[str] = (), *, auth_clients: bool = False,
+                 **kwargs: Any) -> None:
+        self.files = tls_files()
+        self.auth_clients = auth_clients
+        self.tls_port = free_port()
+        super().__init__(extra_args, **kwargs)
+
+    @property
+    def tls_url(self) -> str:
+        return f"rediss://{LOCALHOST}:{self.tls_port}/0"
+
+    def client_options(self) -> dict[str, Any]:
+        """redis-py options for :attr:`tls_url` (with the client certificate when required)."""
+        return self.files.client_options(client_cert=self.auth_clients)
+
+    def _spawn(self) -> None:
+        if self._auto_port and not _port_is_free(self.tls_port):
+            self.tls_port = free_port()
+        super()._spawn()
+
+    def _command_line(self) -> list[str]:
+        return [*super()._command_line(),
+                "--tls-port", str(self.tls_port),
+                "--tls-cert-file", str(self.files.server_cert),
+                "--tls-key-file", str(self.files.server_key),
+                "--tls-ca-cert-file", str(self.files.ca),
+                "--tls-auth-clients", "yes" if self.auth_clients else "no"]
+
+
+# --------------------------------------------------------------------------------------------
 # cluster
 # --------------------------------------------------------------------------------------------
 
 
 class RedisClusterServers:
-    """A Redis Cluster of ``primaries`` primaries (no replicas) on 127.0.0.1.
+    """A Redis Cluster of ``primaries`` primaries, each with ``replicas`` replicas, on 127.0.0.1.
 
-    Formed directly with ``CLUSTER ADDSLOTSRANGE`` / ``CLUSTER MEET`` (no ``redis-cli``), then
-    waits until every node reports ``cluster_state:ok`` with all 16384 slots assigned.
+    Formed directly with ``CLUSTER ADDSLOTSRANGE`` / ``CLUSTER MEET`` / ``CLUSTER REPLICATE``
+    (no ``redis-cli``), then waits until every node reports ``cluster_state:ok`` with all 16384
+    slots assigned and every replica is in sync. ``nodes`` lists the primaries first (as
+    started: after a failover a replica may be the one serving a primary's slots).
     """
 
     def __init__(
         self,
         primaries: int = 3,
         *,
+        replicas: int = 0,
         node_timeout_ms: int = 2000,
         extra_args: Sequence[str] = (),
         ready_timeout: float = 20.0,
@@ -604,6 +730,7 @@ class RedisClusterServers:
         if primaries < 1:
             raise ValueError("a cluster needs at least one primary")
         self.primaries = primaries
+        self.replicas = replicas
         self.node_timeout_ms = node_timeout_ms
         self.extra_args = tuple(extra_args)
         self.ready_timeout = ready_timeout
@@ -650,6 +777,8 @@ class RedisClusterServers:
             self._start_nodes()
             self._form()
             self.wait_ready()
+            if self.replicas:
+                self._replicate()
         except BaseException:
             self.stop()
             raise
@@ -658,7 +787,7 @@ class RedisClusterServers:
     def _start_nodes(self) -> None:
         version = redis_server_version(REDIS_SERVER) if REDIS_SERVER else None
         explicit_bus = version is not None and version >= (7, 0, 0)
-        for _ in range(self.primaries):
+        for _ in range(self.primaries * (1 + self.replicas)):
             if explicit_bus:
                 bus_port = free_port()
                 node = RedisServer(self._node_args(bus_port))
@@ -674,10 +803,10 @@ class RedisClusterServers:
             self.bus_ports.append(bus_port)
 
     def _form(self) -> None:
-        count = len(self.nodes)
+        count = self.primaries
         bounds = [round(i * _CLUSTER_SLOTS / count) for i in range(count + 1)]
         version = self.nodes[0].version
-        for index, node in enumerate(self.nodes):
+        for index, node in enumerate(self.nodes[:count]):
             node.command("CLUSTER", "SET-CONFIG-EPOCH", index + 1)
             first, last = bounds[index], bounds[index + 1] - 1
             if version is not None and version >= (7, 0, 0):
@@ -690,6 +819,50 @@ class RedisClusterServers:
                 first_node.command("CLUSTER", "MEET", node.host, node.port, bus_port)
             else:
                 first_node.command("CLUSTER", "MEET", node.host, node.port)
+
+    def _replicate(self) -> None:
+        """Make node ``primaries + i`` a replica of primary ``i % primaries``; wait for sync."""
+        ids = [node.command("CLUSTER", "MYID").decode() for node in self.nodes[:self.primaries]]
+        replicas = self.nodes[self.primaries:]
+        for index, node in enumerate(replicas):
+            node.command("CLUSTER", "REPLICATE", ids[index % self.primaries])
+
+        def synced() -> bool:
+            return all(node.info("replication").get("master_link_status") == "up"
+                       for node in replicas) and all(self._node_ready(n) for n in self.nodes)
+
+        _wait_until(synced, self.ready_timeout, "the cluster's replicas to sync")
+
+    def primary_index(self, key: str | bytes) -> int:
+        """Index in :attr:`nodes` of the node now serving ``key``'s slot (asks node 0, or the
+        first live node)."""
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        live = next(node for node in self.nodes if node.running and not node.paused)
+        for first, last, primary, *_ in live.command("CLUSTER", "SLOTS"):
+            if first <= slot <= last:
+                port = int(primary[1])
+                return next(i for i, node in enumerate(self.nodes) if node.port == port)
+        raise RedisServerError(f"no node serves slot {slot}")
+
+    def wait_for_failover(self, killed: int, timeout: float = 30.0) -> float:
+        """After ``nodes[killed]`` (a primary) died: wait until one of its replicas serves its
+        slots and every live node reports ``cluster_state:ok`` with all slots ok. Returns the
+        seconds waited."""
+        dead_port = self.nodes[killed].port
+        live = [node for node in self.nodes if node.running]
+
+        def promoted() -> bool:
+            for node in live:
+                info = _info_fields(node.command("CLUSTER", "INFO"))
+                if info.get("cluster_state") != "ok" or int(
+                        info.get("cluster_slots_ok", 0)) != _CLUSTER_SLOTS:
+                    return False
+                owners = {int(entry[2][1]) for entry in node.command("CLUSTER", "SLOTS")}
+                if dead_port in owners:
+                    return False
+            return True
+
+        return _wait_until(promoted, timeout, f"a replica to take over from port {dead_port}")
 
     def _node_ready(self, node: RedisServer) -> bool:
         info = _info_fields(node.command("CLUSTER", "INFO"))
@@ -734,8 +907,10 @@ class RedisClusterServers:
         return _info_fields(self.nodes[node_index].command("CLUSTER", "INFO"))
 
     def flushall(self) -> None:
+        """FLUSHALL on every live primary (replicas follow; they refuse writes)."""
         for node in self.nodes:
-            node.flushall()
+            if node.running and not node.paused and node.command("ROLE")[0] == b"master":
+                node.flushall()
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -77,9 +77,14 @@ async def test_existing_clients_are_accepted(redis_url):
     async_only = RedisBackend(async_client=redis.asyncio.Redis.from_url(redis_url))
     rl2 = RateLimiter("10/minute", backend=async_only, name="given", on_backend_error="raise")
     assert (await rl2.aacquire("m")).remaining == 7
-    with pytest.raises(ConfigurationError, match="no sync client"):
-        rl2.acquire("m")
-    await async_only.async_client().aclose()
+    # the backend connects with the client's settings: sync decisions work too
+    assert (await asyncio.to_thread(rl2.acquire, "m")).remaining == 6
+    await async_only.aclose()
+    await async_only.async_client().aclose()  # the caller's client is the caller's to close
+    sync_only = RedisBackend(redis.Redis.from_url(redis_url))
+    with pytest.raises(ConfigurationError, match="no asyncio client"):
+        sync_only.async_client()
+    sync_only.close()
 
 
 def test_unix_socket_url(tmp_path):

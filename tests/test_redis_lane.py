@@ -1,4 +1,4 @@
-"""Asyncio decisions on a standalone Redis go through one pipelined connection per event loop.
+"""Asyncio decisions go through one pipelined connection per node and event loop (the lane).
 
 What redis-py's pool guaranteed must hold for the lane too: replies are never handed to the
 wrong caller (timeouts, cancellations, dropped connections), the connection setup speaks as the
@@ -20,10 +20,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fintech_resilience import BackendUnavailable, RateLimiter, RedisBackend
-from fintech_resilience.backends._redis_lane import WRITE_AT, Lane, evalsha_one, settings_of
-from fintech_resilience.backends.base import ConstantArgs
+from fintech_resilience.backends.redis import Settings
+from fintech_resilience.backends.redis._lane import WRITE_AT, Lane
+from fintech_resilience.backends.redis._resp import Commands, PyReader, py_pack_command
+from fintech_resilience.backends.redis._settings import ConnectionSettings, LaneSettings
 
 pytestmark = pytest.mark.redis
+
+
+def settings_of(backend: RedisBackend) -> LaneSettings:
+    """The lane settings of a standalone backend's node."""
+    return backend._topology.node_for("").lane_settings()
 
 
 def _limiter(url: str, *, timeout: float = 1.0, **options) -> RateLimiter:
@@ -41,7 +48,6 @@ async def test_decisions_share_one_connection_and_setup_speaks_as_the_client(
     url = f"redis://lane-user:s3cret@{host_port}/3"
     rl = _limiter(url, client_name="lane-test")
     try:
-        assert settings_of(rl.backend.async_client()) is not None  # the lane is in use
         decisions = await asyncio.gather(*(rl.aacquire(f"k{i % 3}") for i in range(30)))
         assert sorted(d.remaining for d in decisions) == sorted(
             r for k in range(3) for r in range(990, 1000))
@@ -140,9 +146,7 @@ def test_no_socket_outlives_its_event_loop(redis_url: str) -> None:
 
 async def test_a_lane_refuses_calls_once_closed(redis_url: str) -> None:
     backend = RedisBackend.from_url(redis_url, timeout=1.0)
-    settings = settings_of(backend.async_client())
-    assert settings is not None
-    lane = await Lane.open(settings)
+    lane = await Lane.open(settings_of(backend))
     assert await lane.call(("PING",)) == b"PONG"
     lane.close()
     with pytest.raises(redis.ConnectionError):
@@ -152,10 +156,8 @@ async def test_a_lane_refuses_calls_once_closed(redis_url: str) -> None:
 
 async def test_queued_commands_go_out_in_groups_and_late_groups_time_out(redis_url: str) -> None:
     backend = RedisBackend.from_url(redis_url, timeout=0.3)
-    settings = settings_of(backend.async_client())
-    assert settings is not None
     admin = redis.Redis.from_url(redis_url)
-    lane = await Lane.open(settings)
+    lane = await Lane.open(settings_of(backend))
     try:
         first = [lane.call(("INCR", "grouped")) for _ in range(WRITE_AT + 2)]
         # without yielding to the loop: the first command went out alone (nothing was in
@@ -204,8 +206,9 @@ async def test_a_lane_keeps_the_clients_tcp_keepalive(redis_url: str) -> None:
     }
     seen = {}
     for label, client in clients.items():
-        settings = settings_of(client)
-        assert settings is not None
+        pool = client.connection_pool
+        settings = ConnectionSettings.from_pool(pool.connection_class, pool.connection_kwargs,
+                                                Settings(timeout=1.0)).lane()
         conn = await client.connection_pool.get_connection()
         lane = await Lane.open(settings)
         try:
@@ -229,21 +232,104 @@ _ARG = st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1),
 
 @given(sha=st.text(alphabet="0123456789abcdef", min_size=40, max_size=40),
        key=st.text(min_size=1, max_size=40), args=st.lists(_ARG, max_size=6))
-def test_a_prepacked_evalsha_is_the_command_hiredis_would_pack(sha: str, key: str,
-                                                               args: list[object]) -> None:
+def test_a_repeated_evalsha_is_the_command_hiredis_would_pack(sha: str, key: str,
+                                                              args: list[object]) -> None:
     import hiredis
 
-    constant = ConstantArgs(args)
+    commands = Commands()
+    constant = tuple(args)
     expected = hiredis.pack_command(("EVALSHA", sha, 1, key, *args))
-    assert evalsha_one(sha, key, constant) == expected
-    assert evalsha_one(sha, key, constant) == expected  # from the kept encoding
+    assert commands.evalsha(sha, [key], constant) == expected  # first sighting: packed whole
+    assert commands.evalsha(sha, [key], constant) == expected  # second: encoded in parts
+    assert commands.evalsha(sha, [key], constant) == expected  # then: from the kept parts
+    assert py_pack_command(("EVALSHA", sha, 1, key, *args)) == expected
     other = sha[::-1]
-    assert evalsha_one(other, key, constant) == hiredis.pack_command(
+    assert commands.evalsha(other, [key], constant) == hiredis.pack_command(
         ("EVALSHA", other, 1, key, *args))  # another script: encoded again
 
 
-def test_a_prepacked_evalsha_refuses_bools_and_none() -> None:
-    with pytest.raises(TypeError):
-        evalsha_one("0" * 40, "k", ConstantArgs((True,)))
-    with pytest.raises(TypeError):
-        evalsha_one("0" * 40, "k", ConstantArgs((None,)))
+def test_repeated_arguments_that_resp_cannot_carry_are_refused_every_time() -> None:
+    commands = Commands(pack=py_pack_command)
+    for args in ((True,), (None,)):
+        for _ in range(3):
+            with pytest.raises(TypeError):
+                commands.evalsha("0" * 40, ["k"], args)
+
+
+_REPLY = st.recursive(
+    st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1), st.binary(max_size=30),
+              st.none(), st.text(alphabet="abcXYZ 012", min_size=1, max_size=20).map(
+                  lambda t: ("error", t))),
+    lambda inner: st.lists(inner, max_size=4), max_leaves=12)
+
+
+def _resp(reply: object) -> bytes:
+    if isinstance(reply, tuple):
+        return b"-%s\r\n" % reply[1].encode()
+    if isinstance(reply, int):
+        return b":%d\r\n" % reply
+    if isinstance(reply, bytes):
+        return b"$%d\r\n%s\r\n" % (len(reply), reply)
+    if reply is None:
+        return b"$-1\r\n"
+    assert isinstance(reply, list)
+    return b"*%d\r\n%s" % (len(reply), b"".join(map(_resp, reply)))
+
+
+def _plain(reply: object) -> object:
+    if isinstance(reply, Exception):
+        return ("error", str(reply))
+    if isinstance(reply, list):
+        return [_plain(r) for r in reply]
+    return reply
+
+
+@given(replies=st.lists(_REPLY, min_size=1, max_size=5), cut=st.integers(min_value=1))
+def test_the_python_reader_reads_as_hiredis_does(replies: list[object], cut: int) -> None:
+    """Without hiredis the lane parses replies in Python: the same values, fed in any pieces."""
+    import hiredis
+
+    data = b"".join(map(_resp, replies))
+    ours, theirs = PyReader(), hiredis.Reader()
+    at = cut % len(data)
+    got: list[object] = []
+    expected: list[object] = []
+    for piece in (data[:at], data[at:]):
+        ours.feed(piece)
+        theirs.feed(piece)
+        while (reply := ours.gets()) is not False:
+            got.append(_plain(reply))
+        while (reply := theirs.gets()) is not False:
+            expected.append(_plain(reply))
+    assert got == expected == [_plain(r) for r in replies]
+
+
+async def test_a_lane_without_hiredis_decides_the_same(redis_url: str) -> None:
+    backend = RedisBackend.from_url(redis_url, timeout=1.0)
+    lane = await Lane.open(settings_of(backend), pack=py_pack_command, reader=PyReader)
+    try:
+        replies = await asyncio.gather(*(lane.call(("INCR", "py")) for _ in range(20)),
+                                       lane.call(("NOSUCHCOMMAND",)), lane.call(("GET", "none")))
+        assert replies[:20] == list(range(1, 21))
+        assert isinstance(replies[20], Exception) and "unknown command" in str(replies[20])
+        assert replies[21] is None
+    finally:
+        lane.close()
+        await backend.aclose()
+
+
+async def test_decisions_at_cost_one_send_the_kept_encoding(redis_url: str) -> None:
+    rl = _limiter(redis_url)
+    try:
+        assert rl._args(1) is rl._usual_args  # cost 1: the same tuple each time
+        assert rl._args(2) is not rl._args(2)  # other costs: fresh ones
+        first = await rl.aacquire("k")
+        heavier = await rl.aacquire("k", cost=5)
+        again = await rl.aacquire("k")
+        parts = rl.backend._commands._parts[id(rl._usual_args)]
+        assert parts[0] is rl._usual_args and parts[2] is not None  # encoded once, kept
+        assert (first.remaining, heavier.remaining, again.remaining) == (999, 994, 993)
+        assert (await rl.aacquire("other")).remaining == 999
+        assert rl.acquire("k").remaining == 992  # sync decisions send it too
+    finally:
+        await rl.backend.aclose()

@@ -30,24 +30,30 @@ def test_each_thread_decides_on_its_own_connection_not_the_pool(redis_url: str) 
     rl = _limiter(redis_url)
     seen: list[int] = []
     barrier = threading.Barrier(4)
+    decided, checked = threading.Barrier(5), threading.Event()
 
     def work() -> None:
         barrier.wait()
         for _ in range(50):
             seen.append(rl.acquire("k").remaining)
+        decided.wait()
+        checked.wait()  # alive (with its connection) until the test has counted
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    decided.wait()
     try:
         assert sorted(seen) == list(range(800, 1000))  # each decision consumed exactly one unit
         assert len(servers.connections_named(redis_url, "direct")) == 4
         assert rl.backend.client.connection_pool._created_connections == 0  # pool untouched
-    finally:
         rl.backend.close()
-    assert servers.all_closed(redis_url, "direct")  # close() closed every thread's connection
+        assert servers.all_closed(redis_url, "direct")  # close() closed every thread's one
+    finally:
+        checked.set()
+        for t in threads:
+            t.join()
+        rl.backend.close()
 
 
 def test_a_connection_the_server_closed_is_replaced_before_use(redis_url: str) -> None:

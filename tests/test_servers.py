@@ -25,7 +25,7 @@ def no_retry() -> Retry:
 
 def master_client(watcher: Sentinel, service_name: str) -> redis.Redis:
     client: redis.Redis = watcher.master_for(  # type: ignore[no-untyped-call]
-        service_name, socket_timeout=1.0
+        service_name, socket_timeout=5.0  # longer than the WAIT below (2 s) may block
     )
     return client
 
@@ -142,6 +142,55 @@ def test_sentinel_failover(sentinel: servers.SentinelServers) -> None:
         master.close()
         for sentinel_client in watcher.sentinels:
             sentinel_client.close()
+
+
+def test_tls_server_speaks_tls_with_the_generated_certificates() -> None:
+    if not servers.REAL_REDIS:
+        pytest.skip(servers.FAKEREDIS_FALLBACK)
+    plain = servers.TlsRedisServer()
+    strict = servers.TlsRedisServer(auth_clients=True)
+    try:
+        with redis.Redis.from_url(plain.tls_url, **plain.client_options()) as client:
+            assert client.ping() is True
+            assert client.connection_pool.connection_class is redis.SSLConnection
+        with redis.Redis.from_url(strict.tls_url, **strict.client_options()) as client:
+            assert client.ping() is True  # the client certificate is presented
+        no_cert = strict.files.client_options(client_cert=False)
+        with redis.Redis.from_url(strict.tls_url, retry=no_retry(), **no_cert) as client, \
+                pytest.raises(redis.ConnectionError):
+            client.ping()
+        untrusted = {"ssl_cert_reqs": "required"}  # the system CAs do not know ours
+        with redis.Redis.from_url(plain.tls_url, retry=no_retry(), **untrusted) as client, \
+                pytest.raises(redis.ConnectionError):
+            client.ping()
+        assert plain.command("PING") == b"PONG"  # the harness's plain port
+    finally:
+        plain.stop()
+        strict.stop()
+
+
+@pytest.mark.slow
+def test_cluster_with_replicas_fails_over_a_killed_primary() -> None:
+    if not servers.REAL_REDIS:
+        pytest.skip(servers.FAKEREDIS_FALLBACK)
+    cluster = servers.RedisClusterServers(3, replicas=1, node_timeout_ms=1000)
+    try:
+        assert len(cluster.nodes) == 6
+        roles = [node.command("ROLE")[0] for node in cluster.nodes]
+        assert roles == [b"master"] * 3 + [b"slave"] * 3
+        owner = cluster.primary_index("{payments}k")
+        assert owner < 3
+        with cluster.client() as client:
+            client.set("{payments}k", "v")
+            assert client.wait(1, 2000) == 1
+        cluster.nodes[owner].kill()
+        took = cluster.wait_for_failover(owner)
+        assert took < 30
+        promoted = cluster.primary_index("{payments}k")
+        assert promoted == owner + 3  # its own replica took over
+        assert cluster.nodes[promoted].command("GET", "{payments}k") == b"v"
+    finally:
+        cluster.stop()
 
 
 def test_proxy_latency(redis_server: servers.StandaloneServer, tcp_proxy: ProxyFactory) -> None:

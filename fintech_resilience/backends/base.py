@@ -92,22 +92,17 @@ class Backend(abc.ABC):
         a store that never evicts them answers False (the default)."""
         return False
 
+    def healthy(self) -> bool:
+        """Whether every part of the store answers (a Redis Cluster: every primary). A guard
+        that fell back says decisions are shared again only then."""
+        return True
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. The backend must not be used afterwards."""
 
     async def aclose(self) -> None:
         """Async twin of :meth:`close`."""
         self.close()
-
-
-class ConstantArgs(tuple[Any, ...]):
-    """Script arguments that are the same on every call of one caller (a rate limiter's rates,
-    with the backend's clock and cost 1): a backend may encode them once and keep the encoding
-    on the object (:class:`~fintech_resilience.RedisBackend` keeps the RESP bytes of its
-    EVALSHA around the key). Everywhere else it is the tuple it holds."""
-
-    #: (script sha, RESP before the key, RESP after the key), set by the backend on first use
-    encoded: tuple[str, bytes, bytes] | None = None
 
 
 class LocalReply(list[Any]):
@@ -242,6 +237,8 @@ class BackendGuard:
         return Fallback(False, exc) if isinstance(exc, BackendFull) else DENY
 
     def _recovered(self) -> None:
+        if not self.backend.healthy():
+            return  # another part still fails (one Cluster primary): no flapping to and fro
         with self._lock:
             first, self._failing = self._failing, False
         if first:

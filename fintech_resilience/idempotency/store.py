@@ -513,7 +513,8 @@ def _complete_and_wait(backend: Backend, record_key: str, args: Sequence[Any], r
     if not isinstance(backend, RedisBackend):
         raise ConfigurationError("wait_replicas needs a RedisBackend")
     sha, source = script("idempotency_complete")
-    backend.health.before_call()
+    health = backend.health_for(record_key)  # the health of the node that owns the record
+    health.before_call()
     client = backend.client
     if backend.topology == "cluster":
         client = client.get_node_from_key(record_key).redis_connection
@@ -535,9 +536,9 @@ def _complete_and_wait(backend: Backend, record_key: str, args: Sequence[Any], r
         if isinstance(acked, BaseException):
             raise acked
     except (rex.RedisError, OSError) as exc:
-        backend.health.failure()
+        health.failure()
         raise BackendUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
-    backend.health.success()
+    health.success()
     return raw, int(acked)
 
 
