@@ -3,7 +3,6 @@ throttle), key functions, and the Django response of an HTTP answer."""
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,16 +15,13 @@ from ..backends.base import Backend
 from ..edges.http import HttpAnswer
 from ..errors import ConfigurationError
 from ..keys import ClientKey, principal_or_ip
+from ..ratelimit.rates import expand_units
 
 __all__ = ["drf_rate"]
 
 _lock = threading.Lock()
 
 _backends: dict[str, Backend] = {}
-
-_DRF_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
-
-_DRF_RATE = re.compile(r"^\s*(\d+)\s*/\s*([smhd])[a-z]*\s*$")
 
 def _config() -> Mapping[str, Any]:
     value = getattr(settings, "FINTECH_RESILIENCE", {}) or {}
@@ -70,11 +66,13 @@ def _default_key(config: Mapping[str, Any]) -> ClientKey:
     return key
 
 def drf_rate(rate: str) -> str:
-    """A DRF rate (``"10/s"``, ``"100/min"``, ``"5/hour"``) in ``limits`` notation."""
-    match = _DRF_RATE.match(rate)
-    if match is None:
-        return rate  # already limits notation ("10/second; 1000/day", "10 per minute")
-    return f"{match.group(1)}/{_DRF_UNITS[match.group(2)]}"
+    """A DRF rate (``"10/s"``, ``"100/min"``, ``"5/hour"``) in ``limits`` notation.
+
+    Every rate in the library accepts both notations (see
+    :func:`fintech_resilience.ratelimit.rates.expand_units`); this is kept for callers that want
+    the written-out text.
+    """
+    return expand_units(rate)
 
 def _authenticated_pk(request: HttpRequest) -> Any:
     user = getattr(request, "user", None)
