@@ -33,7 +33,8 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
-from .backends.base import Backend, OnBackendError
+from .backends.base import OnBackendError
+from .backends.resolve import BackendSpec
 from .edges.asgi.idempotency import IdempotencyMiddleware
 from .edges.ratelimit_http import KeyFunc, RateLimitCore, Verdict
 from .errors import ConfigurationError
@@ -98,7 +99,8 @@ class RateLimit:
     :param name: the limiter's name (the policy name in the fields). Default: one limiter per
         route, named after the route's path template - the same dependency object on two
         routes limits each route separately.
-    :param backend, algorithm, on_backend_error, clock: passed to each RateLimiter created.
+    :param backend, algorithm, on_backend_error, clock: passed to each RateLimiter created
+        (``backend`` is a backend or a URL, ``"redis://host:6379/0"``).
     :param headers, headers_on_allowed, shadow: as for the ASGI middleware.
 
     The dependency returns the :class:`~fintech_resilience.Decision` (``None`` if not limited),
@@ -107,7 +109,7 @@ class RateLimit:
 
     def __init__(self, limits: str | RateLimiter, *, key: KeyFunc | None = None,
                  cost: int | Callable[[Any], int] = 1, name: str | None = None,
-                 backend: Backend | None = None, algorithm: Algorithm = "gcra",
+                 backend: BackendSpec = None, algorithm: Algorithm = "gcra",
                  on_backend_error: OnBackendError = "local", clock: Any = None,
                  headers: bool = True, headers_on_allowed: bool = True,
                  shadow: bool = False) -> None:

@@ -25,7 +25,8 @@ from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app, g, request
 
-from .backends.base import Backend, OnBackendError
+from .backends.base import OnBackendError
+from .backends.resolve import BackendSpec, resolve_backend
 from .edges.ratelimit_http import KeyFunc, RateLimitCore, Rule, Verdict
 from .errors import ConfigurationError
 from .ratelimit.limiter import Algorithm, RateLimiter
@@ -50,7 +51,8 @@ def _refusal(verdict: Verdict) -> Response:
 class Resilience:
     """The Flask extension: ``Resilience(app, ...)`` or ``Resilience(...).init_app(app)``.
 
-    :param backend: where counters live (default: the process-wide memory backend).
+    :param backend: where counters live: a backend or a URL (``"redis://host:6379/0"``);
+        default: the process-wide memory backend.
     :param key: ``callable(request) -> key | None`` for every limit (default
         :func:`fintech_resilience.keys.principal_or_ip`: the TCP peer; configure
         ``trusted_proxies`` behind a load balancer).
@@ -60,15 +62,15 @@ class Resilience:
     :param algorithm, on_backend_error, clock: for the limiters this extension creates.
     """
 
-    def __init__(self, app: Flask | None = None, *, backend: Backend | None = None,
+    def __init__(self, app: Flask | None = None, *, backend: BackendSpec = None,
                  key: KeyFunc | None = None, default_limits: str | None = None,
                  exempt_paths: Iterable[str] = (), headers: bool = True,
                  headers_on_allowed: bool = True, shadow: bool = False,
                  algorithm: Algorithm = "gcra", on_backend_error: OnBackendError = "local",
                  clock: Any = None) -> None:
         self._limiter_options: dict[str, Any] = {
-            "backend": backend, "algorithm": algorithm, "on_backend_error": on_backend_error,
-            "clock": clock}
+            "backend": None if backend is None else resolve_backend(backend),
+            "algorithm": algorithm, "on_backend_error": on_backend_error, "clock": clock}
         self._core_options: dict[str, Any] = {
             "key": key, "headers": headers, "headers_on_allowed": headers_on_allowed,
             "shadow": shadow}

@@ -33,9 +33,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
 from ..audit import log as _audit
-from ..backends.base import Backend, BackendGuard, Fallback, LocalReply, OnBackendError
-from ..backends.memory import MemoryBackend, default_backend
+from ..backends.base import BackendGuard, Fallback, LocalReply, OnBackendError
+from ..backends.memory import MemoryBackend
 from ..backends.memory_ops.breaker import closed_success_bound, seed
+from ..backends.resolve import BackendSpec, resolve_backend
 from ..core import storage_keys as _keys
 from ..core import telemetry
 from ..core.clock import Clock
@@ -79,7 +80,8 @@ class CircuitBreaker:
     seconds) while open, or returns ``fallback(error, *args, **kwargs)`` for decorated calls.
 
     :param name: the breaker's name, shared by every process (``[A-Za-z0-9_.-]``, 1-64).
-    :param backend: where the state lives; default the process-wide :class:`MemoryBackend`.
+    :param backend: where the state lives: a backend or a URL (``"redis://host:6379/0"``);
+        default the process-wide :class:`MemoryBackend`.
     :param failure_rate: trip when failures / calls in the window reach this, in (0, 1].
     :param slow_call_rate: trip when slow calls / calls reach this, in (0, 1].
     :param slow_call_duration: a call taking at least this many seconds is slow (None: off).
@@ -113,7 +115,7 @@ class CircuitBreaker:
         :func:`fintech_resilience.audit.get_default`.
     """
 
-    def __init__(self, name: str, *, backend: Backend | None = None, failure_rate: float = 0.5,
+    def __init__(self, name: str, *, backend: BackendSpec = None, failure_rate: float = 0.5,
                  slow_call_rate: float = 1.0, slow_call_duration: float | None = None,
                  minimum_calls: int = 20, window: CountWindow | TimeWindow = _DEFAULT_WINDOW,
                  break_duration: float = 30.0, break_duration_multiplier: float = 1.0,
@@ -146,7 +148,7 @@ class CircuitBreaker:
         self._mono = clock.monotonic if clock is not None else time.monotonic
         # with the default rules a call that returned is a success: no Outcome to build
         self._plain_success = failure is None and neutral is None
-        self.backend = backend if backend is not None else default_backend()
+        self.backend = resolve_backend(backend)
         self._guard = BackendGuard("breaker", self.name, self.backend, on_backend_error)
         # a MemoryBackend cannot fail: skip the guard on the hot path
         local = isinstance(self.backend, MemoryBackend)

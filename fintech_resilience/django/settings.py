@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
 from ..backends.base import Backend
+from ..backends.resolve import resolve_backend
 from ..edges.http import HttpAnswer
 from ..errors import ConfigurationError
 from ..keys import ClientKey, principal_or_ip
@@ -20,8 +21,6 @@ from ..ratelimit.rates import expand_units
 __all__ = ["drf_rate"]
 
 _lock = threading.Lock()
-
-_backends: dict[str, Backend] = {}
 
 def _config() -> Mapping[str, Any]:
     value = getattr(settings, "FINTECH_RESILIENCE", {}) or {}
@@ -37,12 +36,7 @@ def _backend(config: Mapping[str, Any]) -> Backend | None:
         raise ConfigurationError(
             "FINTECH_RESILIENCE['BACKEND'] is a Redis URL ('redis://host:6379/0') or a Backend"
         )
-    with _lock:  # one connection pool per URL, shared by the middleware and the throttles
-        if value not in _backends:
-            from ..backends.redis import RedisBackend
-
-            _backends[value] = RedisBackend.from_url(value)
-        return _backends[value]
+    return resolve_backend(value)  # one connection pool per URL, shared by every edge
 
 def _key(value: Any, config: Mapping[str, Any]) -> Callable[[Any], Any]:
     if value is None:
