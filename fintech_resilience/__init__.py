@@ -3,17 +3,18 @@ services, shared by every worker and host through Redis, visible in OpenTelemetr
 
 The public API is what this module exports, plus the public edge modules
 (``fintech_resilience.asgi``, ``.wsgi``, ``.fastapi``, ``.flask``, ``.django``, ``.httpx``,
-``.requests``), ``.keys``, ``.audit``, ``.chaos``, ``.errors`` and ``.testing``. Framework edges
-live in their own modules so importing the package never imports a web framework. The
-sub-packages are laid out by concept (see the README's architecture section); their inner
+``.requests``), ``.keys``, ``.audit``, ``.chaos``, ``.config``, ``.errors`` and ``.testing``.
+Framework edges live in their own modules so importing the package never imports a web framework.
+The sub-packages are laid out by concept (see the README's architecture section); their inner
 modules are not a stable import path.
 """
 
-from . import audit, chaos, keys, testing
+from . import audit, chaos, config, keys, testing
 from ._version import __version__
 from .audit import AuditLog, AuditRecord
 from .backends import Backend, MemoryBackend, RedisBackend
 from .breaker import BreakerState, CircuitBreaker, CountWindow, TimeWindow, Transition
+from .config import check_config
 from .core.outcomes import Outcome, Verdict, on_exceptions, on_result, on_status
 from .core.redaction import Redactor
 from .errors import (
@@ -116,6 +117,8 @@ __all__ = [
     "__version__",
     "audit",
     "chaos",
+    "check_config",
+    "config",
     "constant",
     "current_attempt",
     "current_idempotency",

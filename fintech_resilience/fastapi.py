@@ -26,25 +26,32 @@ and downstream key:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 
-from .backends.base import OnBackendError
-from .backends.resolve import BackendSpec
+from .backends.base import Backend, OnBackendError
+from .backends.memory import MemoryBackend
+from .backends.resolve import BackendSpec, resolve_backend
+from .config.build import build_backend, default_key, idempotency_options, rate_limit_core
+from .config.check import check_config
+from .config.schema import Config
 from .edges.asgi.idempotency import IdempotencyMiddleware
 from .edges.ratelimit_http import KeyFunc, RateLimitCore, Verdict
 from .errors import ConfigurationError
 from .idempotency.store import IdempotencyContext, IdempotencyStore, current_idempotency
+from .keys import principal_or_ip
 from .ratelimit.limiter import Algorithm, Decision, RateLimiter
 
 __all__ = ["RateLimit", "RateLimitExceeded", "idempotency_context", "install",
            "install_idempotency"]
 
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+_STATE = "fintech_resilience"
 
 
 class RateLimitExceeded(HTTPException):
@@ -75,9 +82,63 @@ async def _problem_handler(request: Request, exc: Exception) -> Response:
     return Response(verdict.body, status_code=verdict.status, headers=dict(verdict.headers))
 
 
-def install(app: FastAPI) -> None:
-    """Register the handler that answers :class:`RateLimitExceeded` as problem+json."""
+class _AppState:
+    """What one app gives this module's dependencies: its backend, key function and switch."""
+
+    __slots__ = ("backend", "cores", "enabled", "key")
+
+    def __init__(self, backend: Backend, key: KeyFunc, enabled: bool = True) -> None:
+        self.backend = backend
+        self.key = key
+        self.enabled = enabled
+        self.cores: dict[tuple[RateLimit, str], RateLimitCore] = {}
+
+
+def app_state(app: Any) -> _AppState:
+    """The app's fintech_resilience state (``app.state.fintech_resilience``), created with a
+    memory backend of the app's own when :func:`install` did not set one."""
+    state: _AppState | None = getattr(app.state, _STATE, None)
+    if state is None:
+        state = _AppState(MemoryBackend(), principal_or_ip())
+        setattr(app.state, _STATE, state)
+    return state
+
+
+def install(app: FastAPI, config: Config | Mapping[str, Any] | None = None, *,
+            backend: BackendSpec = None, check: bool | None = None) -> None:
+    """Prepare ``app`` for this module: call it once, where the app is created.
+
+    * Registers the handler that answers :class:`RateLimitExceeded` as problem+json.
+    * Gives the app its settings, a :class:`~fintech_resilience.config.Config` or a dict of the
+      same schema (``Config.from_env()`` reads the environment): ``BACKEND`` (or ``backend=``;
+      default a memory backend of this app's own) is where every :class:`RateLimit` without a
+      backend of its own counts; ``TRUSTED_PROXIES``/``PRINCIPAL_HEADER`` make their default
+      key; ``RATE_LIMIT`` adds an app-wide :class:`~fintech_resilience.asgi.RateLimitMiddleware`
+      and ``IDEMPOTENCY`` the :class:`~fintech_resilience.asgi.IdempotencyMiddleware`;
+      ``ENABLED: False`` switches every limit off.
+    * With ``check=True`` (or ``CHECK``), connects to the backend and checks it now
+      (:func:`fintech_resilience.config.check_config`): a wrong host or port fails the start-up.
+    """
+    if not isinstance(config, Config):
+        config = Config.from_mapping(config)
     app.add_exception_handler(RateLimitExceeded, _problem_handler)
+    chosen = (build_backend(config, MemoryBackend) if backend is None
+              else resolve_backend(backend, MemoryBackend))
+    if check if check is not None else config.check:
+        check_config(dataclasses.replace(config, backend=chosen, backend_options=None))
+    state = _AppState(chosen, default_key(config), config.enabled)
+    setattr(app.state, _STATE, state)
+    if config.idempotency is not None:
+        install_idempotency(app, **idempotency_options(config.idempotency))
+    section = config.rate_limit
+    core = None if section is None or not config.enabled else rate_limit_core(
+        config, section, backend=chosen, default_name="default")
+    if core is not None and section is not None:
+        from .edges.asgi.ratelimit import RateLimitMiddleware
+
+        app.add_middleware(RateLimitMiddleware, rules=core.rules, key=core.key,
+                           exempt_paths=section.exempt_paths, headers=section.headers,
+                           headers_on_allowed=section.headers_on_allowed, shadow=section.shadow)
 
 
 def _route_name(request: Request) -> str:
@@ -92,15 +153,16 @@ class RateLimit:
 
     :param limits: ``"5/second"``, ``"10/second; 1000/day"``, or a ready
         :class:`~fintech_resilience.RateLimiter` (shared wherever this dependency is used).
-    :param key: ``callable(request) -> key | None``; default
+    :param key: ``callable(request) -> key | None``; default the app's (:func:`install`), else
         :func:`fintech_resilience.keys.principal_or_ip` (the TCP peer; configure
         ``trusted_proxies`` behind a load balancer). ``None`` means "not limited".
     :param cost: units per request, or ``callable(request) -> int``.
     :param name: the limiter's name (the policy name in the fields). Default: one limiter per
         route, named after the route's path template - the same dependency object on two
         routes limits each route separately.
-    :param backend, algorithm, on_backend_error, clock: passed to each RateLimiter created
-        (``backend`` is a backend or a URL, ``"redis://host:6379/0"``).
+    :param backend: a backend or a URL; default the app's (:func:`install`), which is a memory
+        backend of each app's own unless configured: two apps never share counters.
+    :param algorithm, on_backend_error, clock: passed to each RateLimiter created.
     :param headers, headers_on_allowed, shadow: as for the ASGI middleware.
 
     The dependency returns the :class:`~fintech_resilience.Decision` (``None`` if not limited),
@@ -119,35 +181,39 @@ class RateLimit:
                     "name/backend configure the RateLimiter created from a string; with a"
                     " ready RateLimiter, set them on it"
                 )
-            self._fixed: RateLimiter | None = limits
+            self._limiter: RateLimiter | None = limits
         else:
-            probe = RateLimiter(limits, backend=backend, algorithm=algorithm,
-                                name=name or "probe", on_backend_error=on_backend_error,
-                                clock=clock)  # validates everything once, here
-            self._fixed = probe if name is not None else None
+            self._limiter = None
+            RateLimiter(limits, backend=MemoryBackend(), algorithm=algorithm,
+                        name=name or "probe", on_backend_error=on_backend_error,
+                        clock=clock)  # validates everything once, here
         self._spec = limits
+        self._name = name
+        self._backend = None if backend is None else resolve_backend(backend)
         self._options: dict[str, Any] = {
-            "backend": backend, "algorithm": algorithm, "on_backend_error": on_backend_error,
-            "clock": clock}
+            "algorithm": algorithm, "on_backend_error": on_backend_error, "clock": clock}
+        self._key = key
         self._core_options: dict[str, Any] = {
-            "key": key, "cost": cost, "headers": headers,
-            "headers_on_allowed": headers_on_allowed, "shadow": shadow}
-        self._cores: dict[str, RateLimitCore] = {}
-        if self._fixed is not None:
-            self._cores[""] = RateLimitCore(self._fixed, **self._core_options)
+            "cost": cost, "headers": headers, "headers_on_allowed": headers_on_allowed,
+            "shadow": shadow}
 
-    def _core(self, request: Request) -> RateLimitCore:
-        if self._fixed is not None:
-            return self._cores[""]
-        route = _route_name(request)
-        core = self._cores.get(route)
+    def _core(self, request: Request, state: _AppState) -> RateLimitCore:
+        route = self._name or _route_name(request)
+        core = state.cores.get((self, route))
         if core is None:
-            limiter = RateLimiter(self._spec, name=route, **self._options)  # type: ignore[arg-type]
-            core = self._cores.setdefault(route, RateLimitCore(limiter, **self._core_options))
+            limiter = self._limiter or RateLimiter(
+                self._spec, name=route,  # type: ignore[arg-type]
+                backend=self._backend or state.backend, **self._options)
+            core = state.cores.setdefault((self, route), RateLimitCore(
+                limiter, key=self._key or state.key, **self._core_options))
         return core
 
     async def __call__(self, request: Request, response: Response) -> Decision | None:
-        verdict = await self._core(request).acheck(request.method, request.url.path, request)
+        state = app_state(request.app)
+        if not state.enabled:
+            return None
+        verdict = await self._core(request, state).acheck(request.method, request.url.path,
+                                                          request)
         if not verdict.allowed:
             raise RateLimitExceeded(verdict)
         for name, value in verdict.headers:
