@@ -48,6 +48,7 @@ from ..backends.resolve import resolve_backend
 from ..core import storage_keys as _keys
 from ..core.clock import SYSTEM_CLOCK, Clock
 from ..core.redaction import Redactor
+from ..core.resets import on_reset
 from ..errors import BackendUnavailable, ConfigurationError
 from .record import (
     DEFAULT_STREAM_TTL,
@@ -420,6 +421,11 @@ async def _adelivered(aemit: Callable[[AuditRecord], Awaitable[object]],
     except Exception as exc:
         return exc
     return None
+
+
+@on_reset
+def _forget_default() -> None:
+    _DEFAULT[0] = None
 
 
 def get_default() -> AuditLog | None:

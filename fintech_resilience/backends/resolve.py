@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+from ..core.resets import on_reset
 from ..errors import ConfigurationError
 from .base import Backend
 from .memory import default_backend
@@ -167,6 +168,7 @@ def resolve_backend(backend: object, default: Callable[[], Backend] = default_ba
         f" ('redis://host:6379/0', 'memory://') or None; got {type(backend).__name__}")
 
 
+@on_reset
 def forget_url_backends() -> None:
     """Drop the backends made from URLs (tests: the next pattern given a URL connects anew).
     Patterns built before keep theirs."""

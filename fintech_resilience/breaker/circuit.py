@@ -29,6 +29,7 @@ import contextvars
 import inspect
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
@@ -42,6 +43,7 @@ from ..core import telemetry
 from ..core.clock import Clock
 from ..core.decorate import around_calls
 from ..core.outcomes import Classifier, Outcome, OutcomeRule, Verdict
+from ..core.resets import on_reset
 from ..errors import CircuitOpen
 from .state import (
     BreakerState,
@@ -70,6 +72,14 @@ _Ticket = tuple[int, str, float]
 _DEFAULT_WINDOW: Final = CountWindow(100)
 _CLOSED: Final = BreakerState.CLOSED
 _CONTROL: Final = {"read": 0, "reset": 1, "force_open": 2, "disable": 3, "metrics_only": 4}
+#: every breaker alive in the process: fintech_resilience.testing.reset() makes them forget
+_LIVE: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+
+
+@on_reset
+def _forget_all() -> None:
+    for breaker in list(_LIVE):
+        breaker._forget()
 
 
 class CircuitBreaker:
@@ -130,6 +140,7 @@ class CircuitBreaker:
         self.namespace = _keys.validate_name(namespace, "namespace")
         self.audit = audit
         telemetry.watch_breaker(self)
+        _LIVE.add(self)
         self.settings = Settings.build(
             window=window, minimum_calls=minimum_calls, failure_rate=failure_rate,
             slow_call_rate=slow_call_rate, slow_call_duration=slow_call_duration,
@@ -179,6 +190,10 @@ class CircuitBreaker:
                        else None)
         self._tickets: contextvars.ContextVar[tuple[_Ticket, ...]] = contextvars.ContextVar(
             f"breaker:{self.name}", default=())
+
+    def _forget(self) -> None:
+        """Forget the state this process learned (``fintech_resilience.testing.reset``)."""
+        self._view = self._shared = self._seeded = None
 
     # -- pure steps (no I/O) ----------------------------------------------------------------------
     def _now_us(self) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..backends.base import Backend
 from ..backends.resolve import backend_from_url, resolve_backend
+from ..core.resets import on_reset
 from ..edges.ratelimit_http import RateLimitCore, Rule
 from ..errors import ConfigurationError
 from ..keys import ClientKey
@@ -54,6 +55,7 @@ def default_key(config: Config) -> ClientKey:
     return key
 
 
+@on_reset
 def forget_keys() -> None:
     """Drop the cached key functions (tests)."""
     with _lock:

@@ -8,10 +8,17 @@ from typing import Any
 
 from rest_framework.throttling import BaseThrottle  # type: ignore[import-untyped]
 
+from ..core.resets import on_reset
 from ..ratelimit.limiter import Decision, RateLimiter
 from .settings import _backend, _config, _default_key, drf_rate
 
 __all__ = ["RateThrottle", "drf_rate"]
+
+@on_reset
+def _forget_limiters() -> None:
+    with RateThrottle._limiters_lock:
+        RateThrottle._limiters.clear()
+
 
 class RateThrottle(BaseThrottle):  # type: ignore[misc]
     """A DRF throttle on fintech_resilience limiters (shared through Redis, GCRA, no races).

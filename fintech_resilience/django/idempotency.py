@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped
 
 from ..config.build import idempotency_options
 from ..config.schema import IdempotencyConfig
+from ..core.resets import on_reset
 from ..edges.http import (
     PROBLEM_BASE,
     SAFE_REPLAY_HEADERS,
@@ -83,6 +84,11 @@ class _IdempotencySettings:
         return None if len(body) > self.max_body_bytes else body
 
 _settings_cache: list[Any] = [None, None]  # [the config object, its _IdempotencySettings]
+
+
+@on_reset
+def _forget_settings() -> None:
+    _settings_cache[:] = [None, None]
 
 
 def _idempotency_settings() -> _IdempotencySettings:

@@ -17,6 +17,7 @@ from ..backends.memory import default_backend
 from ..config.build import build_backend, default_key
 from ..config.check import check_config
 from ..config.schema import Config
+from ..core.resets import on_reset
 from ..edges.http import HttpAnswer
 from ..errors import ConfigurationError
 from ..keys import ClientKey
@@ -42,6 +43,11 @@ def _config() -> Config:
         check_config(config)
     cached[:] = [raw, config]  # the settings value is kept alive: its identity is never reused
     return config
+
+
+@on_reset
+def _forget_settings() -> None:
+    _cache[:] = [None, None]
 
 
 def _backend(config: Config) -> Backend:
