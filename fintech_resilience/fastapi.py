@@ -1,4 +1,4 @@
-"""FastAPI edge: rate limits as dependencies.
+"""FastAPI edge: rate limits and per-route idempotency as dependencies, app settings.
 
 >>> from fastapi import Depends, FastAPI                                 # doctest: +SKIP
 >>> from fintech_resilience.fastapi import RateLimit, install
@@ -12,27 +12,31 @@ responses carry the ``RateLimit``/``RateLimit-Policy`` fields; refusals raise
 :class:`RateLimitExceeded` (an ``HTTPException``: 429 with ``Retry-After``, or 503 when the
 backend is down and ``on_backend_error="deny"``).
 
-Idempotency is a middleware, not a dependency: a dependency cannot hold back, store and replay
-the response the endpoint produces. :func:`install_idempotency` adds
-:class:`fintech_resilience.asgi.IdempotencyMiddleware` to the app (options validated at once),
-and the :func:`idempotency_context` dependency hands the endpoint the running key's fencing token
-and downstream key:
+Idempotency per route: :class:`Idempotent` claims the key after the route's authentication
+dependency, so the principal is your authenticated user; the layer :func:`install` adds holds
+the response back and stores it once the endpoint answered:
 
->>> install_idempotency(app, store, scope=lambda scope: scope["state"]["principal"])
->>> @app.post("/payments")                                                # doctest: +SKIP
-... async def pay(body: PaymentIn,
-...               ctx: IdempotencyContext | None = Depends(idempotency_context)): ...
+>>> charge_once = Idempotent(store, principal=current_user, principal_key=lambda u: u.id,
+...                          required=True)                                  # doctest: +SKIP
+>>> @app.post("/payments")
+... async def pay(body: PaymentIn, ctx: IdempotencyContext = Depends(charge_once)): ...
+
+Or for every route of the app: :func:`install_idempotency` adds
+:class:`fintech_resilience.asgi.IdempotencyMiddleware` (the principal then comes from the ASGI
+scope), and the :func:`idempotency_context` dependency hands the endpoint the running key's
+fencing token and downstream key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, params
 
 from .backends.base import Backend, OnBackendError
 from .backends.memory import MemoryBackend
@@ -40,14 +44,18 @@ from .backends.resolve import BackendSpec, resolve_backend
 from .config.build import build_backend, default_key, idempotency_options, rate_limit_core
 from .config.check import check_config
 from .config.schema import Config
-from .edges.asgi.idempotency import IdempotencyMiddleware
+from .edges.asgi.idempotency import DEFAULT_MAX_BODY, IdempotencyMiddleware
+from .edges.asgi.route_idempotency import SLOT as ROUTE_SLOT
+from .edges.asgi.route_idempotency import RouteClaim, RouteClaimsMiddleware, RouteIdempotency
+from .edges.http import SAFE_REPLAY_HEADERS, HttpAnswer
 from .edges.ratelimit_http import KeyFunc, RateLimitCore, Verdict
 from .errors import ConfigurationError
+from .idempotency.record import default_store_status
 from .idempotency.store import IdempotencyContext, IdempotencyStore, current_idempotency
 from .keys import principal_or_ip
 from .ratelimit.limiter import Algorithm, Decision, RateLimiter
 
-__all__ = ["RateLimit", "RateLimitExceeded", "idempotency_context", "install",
+__all__ = ["Idempotent", "RateLimit", "RateLimitExceeded", "idempotency_context", "install",
            "install_idempotency"]
 
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -108,7 +116,9 @@ def install(app: FastAPI, config: Config | Mapping[str, Any] | None = None, *,
             backend: BackendSpec = None, check: bool | None = None) -> None:
     """Prepare ``app`` for this module: call it once, where the app is created.
 
-    * Registers the handler that answers :class:`RateLimitExceeded` as problem+json.
+    * Registers the handler that answers :class:`RateLimitExceeded` as problem+json, and the
+      pure ASGI layer that settles the claims of :class:`Idempotent` routes (requests without
+      one pass through it untouched).
     * Gives the app its settings, a :class:`~fintech_resilience.config.Config` or a dict of the
       same schema (``Config.from_env()`` reads the environment): ``BACKEND`` (or ``backend=``;
       default a memory backend of this app's own) is where every :class:`RateLimit` without a
@@ -122,6 +132,7 @@ def install(app: FastAPI, config: Config | Mapping[str, Any] | None = None, *,
     if not isinstance(config, Config):
         config = Config.from_mapping(config)
     app.add_exception_handler(RateLimitExceeded, _problem_handler)
+    app.add_middleware(RouteClaimsMiddleware)
     chosen = (build_backend(config, MemoryBackend) if backend is None
               else resolve_backend(backend, MemoryBackend))
     if check if check is not None else config.check:
@@ -222,6 +233,97 @@ class RateLimit:
 
     def __repr__(self) -> str:
         return f"RateLimit({self._spec!r})"
+
+
+class _Answered(HTTPException):
+    """Stops the endpoint of a request the route answered itself (the answer is sent by
+    :class:`RouteClaimsMiddleware` in place of whatever the app makes of this exception)."""
+
+    def __init__(self, answer: HttpAnswer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+
+
+class Idempotent:
+    """A dependency that makes one route idempotent, with the principal from another dependency.
+
+    >>> charge_once = Idempotent(store, principal=current_user_id, required=True)  # doctest: +SKIP
+    >>> @app.post("/charges")
+    ... async def charge(body: ChargeIn, ctx: IdempotencyContext = Depends(charge_once)): ...
+
+    Routes without it (``POST /login``) are untouched, whatever ``required`` says here. The key
+    is claimed after the route's other dependencies ran - authentication included - so the
+    record is scoped by the authenticated principal and an unauthenticated request gets your
+    401 and claims nothing. The answers are the middleware's: the stored response replayed with
+    ``Idempotent-Replayed: true``, 409 while the first request runs, 422 for the key reused with
+    another request, 400 for a bad or (``required``) missing key, 503 when the store is down.
+    Needs :func:`install` on the app (it settles the claim when the response leaves).
+
+    :param store: the :class:`~fintech_resilience.IdempotencyStore`.
+    :param principal: a dependency returning the authenticated principal (``current_user``, or
+        ``Depends(current_user)``); its value scopes the record. A str, int or UUID is used as it
+        is; map other objects with ``principal_key``. None returned: 500 (no principal).
+    :param principal_key: ``callable(principal) -> str | int`` (``lambda user: user.id``).
+    :param global_scope: no principal: one record space for every client (only if keys are
+        unique across clients).
+    :param required: answer 400 to a request without a key.
+    :param header, max_body_bytes, max_response_bytes, store_status, replay_headers: as for
+        :class:`fintech_resilience.asgi.IdempotencyMiddleware`.
+
+    The dependency's value is the running :class:`IdempotencyContext` (None when the request
+    has no key): ``ctx.downstream_key("psp")`` is the key to send on. On a route already behind
+    the app-wide middleware it hands on that middleware's claim instead of claiming again.
+    """
+
+    def __init__(self, store: IdempotencyStore, *, principal: Any = None,
+                 principal_key: Callable[[Any], Any] | None = None, global_scope: bool = False,
+                 required: bool = False, header: str = "Idempotency-Key",
+                 max_body_bytes: int = DEFAULT_MAX_BODY,
+                 max_response_bytes: int = DEFAULT_MAX_BODY,
+                 store_status: Callable[[int], bool] = default_store_status,
+                 replay_headers: Iterable[str] = SAFE_REPLAY_HEADERS) -> None:
+        depends = principal if isinstance(principal, params.Depends) or principal is None else (
+            Depends(principal))
+        if depends is not None and not callable(depends.dependency):
+            raise ConfigurationError("principal is a dependency: a callable or Depends(...)")
+        self._route = RouteIdempotency(
+            store, principal=None if depends is None else depends.dependency,
+            principal_key=principal_key, global_scope=global_scope, required=required,
+            header=header, max_body_bytes=max_body_bytes, max_response_bytes=max_response_bytes,
+            store_status=store_status, replay_headers=replay_headers)
+        parameters = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                        annotation=Request)]
+        if depends is not None:
+            parameters.append(inspect.Parameter("principal", inspect.Parameter.KEYWORD_ONLY,
+                                                default=depends))
+        # FastAPI reads the parameters from here: the principal's dependency is this route's
+        self.__signature__ = inspect.Signature(parameters)
+
+    async def __call__(self, request: Request, principal: Any = None
+                       ) -> AsyncIterator[IdempotencyContext | None]:
+        running = current_idempotency()
+        if running is not None:  # the app-wide middleware claimed this request already
+            yield running
+            return
+        slot = request.scope.get(ROUTE_SLOT)
+        if not isinstance(slot, RouteClaim):
+            raise ConfigurationError(
+                "Idempotent needs fintech_resilience.fastapi.install(app) on the app")
+        route = self._route
+        outcome = await route.open(request.scope, request.headers.getlist(route.header),
+                                   principal, request.body)
+        if outcome is None:
+            yield None
+            return
+        if isinstance(outcome, HttpAnswer):
+            slot.answer = outcome
+            raise _Answered(outcome)
+        slot.claim, slot.options = outcome, route
+        async with route.store.aholding(outcome) as ctx:
+            yield ctx
+
+    def __repr__(self) -> str:
+        return f"Idempotent({self._route.store!r})"
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never run
