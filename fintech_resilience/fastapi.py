@@ -36,7 +36,13 @@ import re
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response, params
+try:
+    from fastapi import Depends, FastAPI, HTTPException, Request, Response, params
+except ModuleNotFoundError as _missing:  # the framework's extra is not installed: say which
+    from .core.extras import install_hint
+
+    install_hint(_missing, "fastapi")
+    raise
 
 from .backends.base import Backend, OnBackendError
 from .backends.memory import MemoryBackend

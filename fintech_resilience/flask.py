@@ -30,7 +30,13 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, current_app, g, request
+try:
+    from flask import Flask, Response, current_app, g, request
+except ModuleNotFoundError as _missing:  # the framework's extra is not installed: say which
+    from .core.extras import install_hint
+
+    install_hint(_missing, "flask")
+    raise
 
 from .backends.base import Backend, OnBackendError
 from .backends.memory import MemoryBackend
