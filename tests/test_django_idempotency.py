@@ -106,17 +106,6 @@ def test_server_errors_release_the_key_and_streams_are_not_replayable():
     assert runs.count("stream") == 1
 
 
-def test_a_url_no_view_serves_gets_django_s_404_and_claims_nothing():
-    with override_settings(FINTECH_RESILIENCE=settings_for(REQUIRED=True)):
-        client = Client()
-        keyed = post(client, "/nowhere", {"amount": 1}, "k-404")
-        unkeyed = post(client, "/nowhere", {"amount": 1}, None)
-        anonymous = post(client, "/nowhere", {"amount": 1}, "k-404", user=None)
-        served = post(client, "/charges", {"amount": 1}, "k-404")
-    assert [keyed.status_code, unkeyed.status_code, anonymous.status_code] == [404] * 3
-    assert served.status_code == 201 and runs == ['{"amount": 1}']
-
-
 def test_configuration_is_checked():
     with override_settings(FINTECH_RESILIENCE={}), pytest.raises(ConfigurationError):
         IdempotencyMiddleware(lambda request: HttpResponse())

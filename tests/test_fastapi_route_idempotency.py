@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -263,6 +263,52 @@ async def test_behind_the_app_wide_middleware_the_route_reuses_its_claim() -> No
         again = await http.post("/charges", headers={"Idempotency-Key": "k"})
     assert first.status_code == again.status_code == 200 and runs == [1]
     assert again.headers["idempotent-replayed"] == "true"
+
+
+@pytest.mark.parametrize("wiring", ["route", "app-wide"])
+async def test_the_response_leaves_before_background_tasks_run(wiring: str) -> None:
+    store = fr.IdempotencyStore(fr.MemoryBackend(), secret=SECRET)
+    app = FastAPI()
+    install(app)
+    if wiring == "app-wide":
+        install_idempotency(app, store, global_scope=True)
+    once = Idempotent(store, global_scope=True)
+    delivered = asyncio.Event()  # the client has the whole response
+    background: list[str] = []
+
+    async def send_receipt() -> None:  # e.g. an e-mail, after the answer
+        await asyncio.wait_for(delivered.wait(), timeout=5)
+        background.append("sent")
+
+    @app.post("/charges")
+    async def charge(tasks: BackgroundTasks,
+                     ctx: fr.IdempotencyContext = Depends(once)  # noqa: B008 - local
+                     ) -> dict[str, int]:
+        tasks.add_task(send_receipt)
+        return {"fencing": ctx.fencing_token}
+
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            delivered.set()
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/charges", "raw_path": b"/charges",
+             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 5000),
+             "server": ("test", 80), "headers": [(b"idempotency-key", b"bg-1"),
+                                                 (b"host", b"test")]}
+    await asyncio.wait_for(app(scope, receive, send), timeout=10)
+    assert background == ["sent"]
+    assert messages[0]["status"] == 200 and b"fencing" in messages[-1]["body"]
+    replay = await store.aclaim(store.record_key("bg-1", scope="*", method="POST",
+                                                 route="/charges"),
+                                store.fingerprint("POST", "/charges", b"", b""))
+    assert replay.response is not None and replay.response.status == 200  # it was stored
 
 
 # -- Starlette: the middleware on one route, after app-wide authentication ---------------------

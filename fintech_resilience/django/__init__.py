@@ -34,8 +34,8 @@ its own 429 and ``Retry-After``; the middleware answers with RFC 9457 problem+js
 """
 
 try:
-    import django as _django  # noqa: F401 - here to name the extra when it is missing
-    import rest_framework as _rest_framework  # noqa: F401
+    import django as _django  # type: ignore[import-untyped]  # noqa: F401 - names the extra
+    import rest_framework as _rest_framework  # type: ignore[import-untyped]  # noqa: F401
 except ModuleNotFoundError as _missing:  # the framework's extra is not installed: say which
     from ..core.extras import install_hint
 

@@ -135,8 +135,8 @@ class IdempotencyMiddleware:
 
     def __call__(self, request: HttpRequest) -> Any:
         method = (request.method or "GET").upper()
-        if method not in self.methods or _passes_through(request):
-            return self.get_response(request)
+        if method not in self.methods or _drf_view_class(request) is not None:
+            return self.get_response(request)  # a DRF view claims in process_view
         outcome = self.edge.open(request)
         if outcome is None:
             return self.get_response(request)
@@ -252,17 +252,16 @@ def _is_drf_view(cls: Any) -> bool:
 
     return isinstance(cls, type) and issubclass(cls, APIView)
 
-def _passes_through(request: HttpRequest) -> bool:
-    """True when the middleware itself claims nothing: the URL resolves to a DRF view (which
-    claims in ``process_view``, after DRF's authentication) or to no view at all (Django
-    answers 404; nothing runs that a key could protect)."""
+def _drf_view_class(request: HttpRequest) -> type | None:
+    """The DRF view class the request's URL resolves to, if it is one."""
     from django.urls import Resolver404, resolve  # type: ignore[import-untyped]
 
     try:
         match = resolve(request.path_info, getattr(request, "urlconf", None))
     except Resolver404:
-        return True
-    return _is_drf_view(getattr(match.func, "cls", None))
+        return None
+    cls = getattr(match.func, "cls", None)
+    return cls if _is_drf_view(cls) else None
 
 def _global_scope(request: HttpRequest) -> str:
     return "*"

@@ -27,11 +27,13 @@ class SettleOptions(Protocol):
 class ResponseCapture:
     """``send`` for the app of a claimed request: the response is held back until it is complete,
     then the claim is completed (a stored status) or released (any other), then the response
-    goes out - so a duplicate never sees a key released after its answer. A body past
-    ``max_response_bytes`` settles the claim as "not replayable" and streams on.
+    goes out - so a duplicate never sees a key released after its answer. It goes out at the
+    app's last body message, not when the app returns: background tasks that run after the
+    response do not delay it. A body past ``max_response_bytes`` settles the claim as "not
+    replayable" and streams on.
     """
 
-    __slots__ = ("chunks", "claim", "finished", "options", "size", "start", "streaming",
+    __slots__ = ("chunks", "claim", "delivered", "options", "size", "start", "streaming",
                  "upstream")
 
     def __init__(self, options: SettleOptions, claim: Claim, upstream: Send) -> None:
@@ -42,7 +44,7 @@ class ResponseCapture:
         self.chunks: list[bytes] = []
         self.size = 0
         self.streaming = False  # the body passed max_response_bytes: forwarded as it comes
-        self.finished = False
+        self.delivered = False  # settled and sent: nothing is left to do
 
     async def send(self, message: Message) -> None:
         """The app's ``send``."""
@@ -50,14 +52,15 @@ class ResponseCapture:
         if kind == "http.response.start":
             self.start = message
             return
-        if kind != "http.response.body" or self.streaming or self.start is None:
+        if (kind != "http.response.body" or self.streaming or self.delivered
+                or self.start is None):
             await self.upstream(message)
             return
         chunk = message.get("body", b"")
         self.chunks.append(chunk)
         self.size += len(chunk)
         if not message.get("more_body", False):
-            self.finished = True
+            await self._deliver(self.start)
             return
         if self.size > self.options.max_response_bytes:
             # too large to store: settle the key now, then stream the rest
@@ -68,23 +71,23 @@ class ResponseCapture:
                                  "more_body": True})
             self.chunks.clear()
 
-    async def finish(self) -> None:
-        """The app returned: settle the claim and send the response (release the key if the app
-        sent no complete response)."""
-        if self.streaming:
-            return
-        if self.start is None or not self.finished:
-            await self.options.store.arelease(self.claim)
-            return
+    async def _deliver(self, start: Message) -> None:
+        """The whole response is here: settle the claim, then send it."""
+        self.delivered = True
         data = b"".join(self.chunks)
-        await self._settle(self.start, data,
-                           replayable=self.size <= self.options.max_response_bytes)
-        await self.upstream(self.start)
+        self.chunks.clear()
+        await self._settle(start, data, replayable=self.size <= self.options.max_response_bytes)
+        await self.upstream(start)
         await self.upstream({"type": "http.response.body", "body": data, "more_body": False})
+
+    async def finish(self) -> None:
+        """The app returned: release the key if it sent no complete response."""
+        if not (self.streaming or self.delivered):
+            await self.options.store.arelease(self.claim)
 
     async def fail(self) -> None:
         """The app raised: release the key (a retry runs again), unless it was settled."""
-        if not self.streaming:
+        if not (self.streaming or self.delivered):
             await self.options.store.arelease(self.claim)
 
     async def _settle(self, start: Message, body: bytes, *, replayable: bool) -> None:
