@@ -9,12 +9,13 @@ The sub-packages are laid out by concept (see the README's architecture section)
 modules are not a stable import path.
 """
 
-from . import audit, chaos, config, keys, testing
+from typing import TYPE_CHECKING, Any
+
+from . import audit, chaos, keys, testing
 from ._version import __version__
 from .audit import AuditLog, AuditRecord
 from .backends import Backend, MemoryBackend, RedisBackend
 from .breaker import BreakerState, CircuitBreaker, CountWindow, TimeWindow, Transition
-from .config import check_config
 from .core.outcomes import Outcome, Verdict, on_exceptions, on_result, on_status
 from .core.redaction import Redactor
 from .errors import (
@@ -63,6 +64,10 @@ from .retries import (
     full_jitter,
     retry,
 )
+
+if TYPE_CHECKING:
+    from . import config
+    from .config import check_config
 
 __all__ = [
     "AesGcmCipher",
@@ -135,3 +140,14 @@ __all__ = [
     "testing",
     "timeout",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the configuration schema loads on first use: a program that never reads settings (a
+    # worker process, the command line) does not pay for importing it
+    if name in ("config", "check_config"):
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.config")
+        return module if name == "config" else module.check_config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
