@@ -108,7 +108,7 @@ class _AppState:
         self.cores: dict[tuple[RateLimit, str], RateLimitCore] = {}
 
 
-def app_state(app: Any) -> _AppState:
+def _app_state(app: Any) -> _AppState:
     """The app's fintech_resilience state (``app.state.fintech_resilience``), created with a
     memory backend of the app's own when :func:`install` did not set one."""
     state: _AppState | None = getattr(app.state, _STATE, None)
@@ -142,7 +142,8 @@ def install(app: FastAPI, config: Config | Mapping[str, Any] | None = None, *,
     chosen = (build_backend(config, MemoryBackend) if backend is None
               else resolve_backend(backend, MemoryBackend))
     if check if check is not None else config.check:
-        check_config(dataclasses.replace(config, backend=chosen, backend_options=None))
+        check_config(config if backend is None else dataclasses.replace(
+            config, backend=backend, backend_options=None))
     state = _AppState(chosen, default_key(config), config.enabled)
     setattr(app.state, _STATE, state)
     if config.idempotency is not None:
@@ -226,7 +227,7 @@ class RateLimit:
         return core
 
     async def __call__(self, request: Request, response: Response) -> Decision | None:
-        state = app_state(request.app)
+        state = _app_state(request.app)
         if not state.enabled:
             return None
         verdict = await self._core(request, state).acheck(request.method, request.url.path,

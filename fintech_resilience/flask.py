@@ -165,7 +165,8 @@ class Resilience:
         backend = (build_backend(config, MemoryBackend) if self._backend is None
                    else resolve_backend(self._backend, MemoryBackend))
         if self._check if self._check is not None else config.check:
-            check_config(dataclasses.replace(config, backend=backend, backend_options=None))
+            check_config(config if self._backend is None else dataclasses.replace(
+                config, backend=self._backend, backend_options=None))
         default = rate_limit_core(config, section, backend=backend, default_name="default",
                                   clock=self._clock)
         self._states[app] = _AppState(backend, default.key if default is not None
