@@ -16,6 +16,14 @@ sys.path.insert(0, str(ROOT))
 
 from fintech_resilience import __version__  # noqa: E402
 
+# the Django edge imports DRF, which reads settings when imported: configure a bare project
+import django  # noqa: E402
+from django.conf import settings as django_settings  # noqa: E402
+
+if not django_settings.configured:
+    django_settings.configure(INSTALLED_APPS=["rest_framework"], USE_TZ=True)
+    django.setup()
+
 project = "fintech_resilience"
 author = "fintech_resilience developers"
 copyright = "fintech_resilience developers, Apache-2.0"

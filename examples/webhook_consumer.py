@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import fintech_resilience as fr
@@ -56,7 +57,8 @@ def deliver(event: dict) -> str:
 
 
 def main() -> None:
-    event = {"id": "evt_1", "account": "acct_9", "amount": 500}
+    run = uuid.uuid4().hex[:8]  # the PSP's event ids are unique: this run's own
+    event = {"id": f"evt_{run}_1", "account": "acct_9", "amount": 500}
     with ThreadPoolExecutor(4) as pool:  # four deliveries racing on four workers
         racing = list(pool.map(deliver, [event] * 4))
     for answer in racing:
@@ -64,8 +66,8 @@ def main() -> None:
     print("redelivery:", deliver(event))
     print("tampered redelivery:", deliver({**event, "amount": 50_000}))
     print("other account, same event id:", deliver({**event, "account": "acct_3"}))
-    print("closed account:", deliver({"id": "evt_2", "account": "acct_closed", "amount": 1}),
-          "| again:", deliver({"id": "evt_2", "account": "acct_closed", "amount": 1}))
+    closed = {"id": f"evt_{run}_2", "account": "acct_closed", "amount": 1}
+    print("closed account:", deliver(closed), "| again:", deliver(closed))
     print("ledger:", ledger)
     assert sum(a.startswith("200") for a in racing) >= 1
     assert ledger.count(("acct_9", 500)) == 1

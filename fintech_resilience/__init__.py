@@ -3,11 +3,13 @@ services, shared by every worker and host through Redis, visible in OpenTelemetr
 
 The public API is what this module exports, plus the public edge modules
 (``fintech_resilience.asgi``, ``.wsgi``, ``.fastapi``, ``.flask``, ``.django``, ``.httpx``,
-``.requests``), ``.keys``, ``.audit``, ``.chaos``, ``.errors`` and ``.testing``. Framework edges
-live in their own modules so importing the package never imports a web framework. The
-sub-packages are laid out by concept (see the README's architecture section); their inner
+``.requests``), ``.keys``, ``.audit``, ``.chaos``, ``.config``, ``.errors`` and ``.testing``.
+Framework edges live in their own modules so importing the package never imports a web framework.
+The sub-packages are laid out by concept (see the README's architecture section); their inner
 modules are not a stable import path.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from . import audit, chaos, keys, testing
 from ._version import __version__
@@ -63,6 +65,10 @@ from .retries import (
     retry,
 )
 
+if TYPE_CHECKING:
+    from . import config
+    from .config import check_config
+
 __all__ = [
     "AesGcmCipher",
     "Attempt",
@@ -116,6 +122,8 @@ __all__ = [
     "__version__",
     "audit",
     "chaos",
+    "check_config",
+    "config",
     "constant",
     "current_attempt",
     "current_idempotency",
@@ -132,3 +140,14 @@ __all__ = [
     "testing",
     "timeout",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the configuration schema loads on first use: a program that never reads settings (a
+    # worker process, the command line) does not pay for importing it
+    if name in ("config", "check_config"):
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.config")
+        return module if name == "config" else module.check_config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

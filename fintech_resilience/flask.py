@@ -11,24 +11,44 @@ Refusals are ``429`` RFC 9457 problem+json with ``Retry-After`` and the IETF ``R
 ``RateLimit-Policy`` fields (which admitted responses carry too); ``503`` when the backend is down
 and ``on_backend_error="deny"`` refused. Key functions receive the Flask ``request``.
 
+Settings may also come from ``app.config["FINTECH_RESILIENCE"]`` (the schema of
+:class:`fintech_resilience.config.Config`, as Django's); an option given to :class:`Resilience`
+wins over it. Each app the extension is initialised on keeps its own state: without a configured
+backend, a memory backend of its own (two apps in one test process never share counters).
+
 Set ``RESILIENCE_ENABLED = False`` in ``app.config`` to switch every limit off (e.g. in tests).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
 import re
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, current_app, g, request
+try:
+    from flask import Flask, Response, current_app, g, request
+except ModuleNotFoundError as _missing:  # the framework's extra is not installed: say which
+    from .core.extras import install_hint
+
+    install_hint(_missing, "flask")
+    raise
 
 from .backends.base import Backend, OnBackendError
+from .backends.memory import MemoryBackend
+from .backends.resolve import BackendSpec, resolve_backend
+from .config.build import build_backend, default_key, idempotency_options, rate_limit_core
+from .config.check import check_config
+from .config.schema import Config, RateLimitConfig
+from .core.storage_keys import validate_name
 from .edges.ratelimit_http import KeyFunc, RateLimitCore, Rule, Verdict
 from .errors import ConfigurationError
-from .ratelimit.limiter import Algorithm, RateLimiter
+from .ratelimit.limiter import ALGORITHMS, Algorithm, RateLimiter
+from .ratelimit.rates import parse_limits
 
 __all__ = ["Resilience"]
 
@@ -47,54 +67,142 @@ def _refusal(verdict: Verdict) -> Response:
     return Response(verdict.body, status=verdict.status, headers=verdict.headers)
 
 
+@dataclasses.dataclass(eq=False)
+class _ViewLimit:
+    """One ``@resilience.limit(...)``: what to build for each app the view is served by."""
+
+    limits: str | RateLimiter
+    name: str
+    key: KeyFunc | None
+    cost: int | Callable[[Any], int]
+    methods: Iterable[str] | None
+
+
+class _AppState:
+    """What one app gets from one extension: its backend, key function and limit cores."""
+
+    def __init__(self, backend: Backend, key: KeyFunc, section: RateLimitConfig,
+                 default: RateLimitCore | None, clock: Any) -> None:
+        self.backend = backend
+        self.key = key
+        self.section = section
+        self.default = default
+        self.clock = clock
+        self.cores: dict[_ViewLimit, RateLimitCore] = {}
+
+    def core(self, spec: _ViewLimit) -> RateLimitCore:
+        core = self.cores.get(spec)
+        if core is None:
+            limiter = spec.limits if isinstance(spec.limits, RateLimiter) else RateLimiter(
+                spec.limits, name=spec.name, backend=self.backend, clock=self.clock,
+                algorithm=self.section.algorithm,  # type: ignore[arg-type]
+                on_backend_error=self.section.on_backend_error)  # type: ignore[arg-type]
+            rule = Rule(limiter, methods=spec.methods, cost=spec.cost)
+            core = self.cores.setdefault(spec, RateLimitCore(
+                rules=[rule], key=spec.key or self.key, headers=self.section.headers,
+                headers_on_allowed=self.section.headers_on_allowed, shadow=self.section.shadow))
+        return core
+
+
 class Resilience:
     """The Flask extension: ``Resilience(app, ...)`` or ``Resilience(...).init_app(app)``.
 
-    :param backend: where counters live (default: the process-wide memory backend).
+    Every option left as None comes from ``app.config["FINTECH_RESILIENCE"]`` (``BACKEND``,
+    ``TRUSTED_PROXIES``, ``RATE_LIMIT: {"LIMITS", "EXEMPT_PATHS", "KEY", ...}``, see
+    :class:`fintech_resilience.config.Config`), else from its default below.
+
+    :param backend: where counters live: a backend or a URL (``"redis://host:6379/0"``);
+        default (and ``"memory://"``): a memory backend of each app's own.
     :param key: ``callable(request) -> key | None`` for every limit (default
         :func:`fintech_resilience.keys.principal_or_ip`: the TCP peer; configure
         ``trusted_proxies`` behind a load balancer).
     :param default_limits: a limit for every request of the app (``"100/minute"``), or None.
     :param exempt_paths: path prefixes ``default_limits`` never applies to.
-    :param headers, headers_on_allowed, shadow: as for the ASGI middleware.
-    :param algorithm, on_backend_error, clock: for the limiters this extension creates.
+    :param headers, headers_on_allowed, shadow: as for the ASGI middleware (default True, True,
+        False).
+    :param algorithm, on_backend_error, clock: for the limiters this extension creates
+        (default ``"gcra"``, ``"local"``).
+    :param check: connect to the backend and check it in :meth:`init_app`
+        (:func:`fintech_resilience.config.check_config`); default ``CHECK`` of the settings.
     """
 
-    def __init__(self, app: Flask | None = None, *, backend: Backend | None = None,
+    def __init__(self, app: Flask | None = None, *, backend: BackendSpec = None,
                  key: KeyFunc | None = None, default_limits: str | None = None,
-                 exempt_paths: Iterable[str] = (), headers: bool = True,
-                 headers_on_allowed: bool = True, shadow: bool = False,
-                 algorithm: Algorithm = "gcra", on_backend_error: OnBackendError = "local",
-                 clock: Any = None) -> None:
-        self._limiter_options: dict[str, Any] = {
-            "backend": backend, "algorithm": algorithm, "on_backend_error": on_backend_error,
-            "clock": clock}
-        self._core_options: dict[str, Any] = {
-            "key": key, "headers": headers, "headers_on_allowed": headers_on_allowed,
-            "shadow": shadow}
-        self._exempt_views: set[Callable[..., Any]] = set()
-        self._default: RateLimitCore | None = None
+                 exempt_paths: Iterable[str] | None = None, headers: bool | None = None,
+                 headers_on_allowed: bool | None = None, shadow: bool | None = None,
+                 algorithm: Algorithm | None = None,
+                 on_backend_error: OnBackendError | None = None, clock: Any = None,
+                 check: bool | None = None) -> None:
+        if backend is not None:
+            resolve_backend(backend, MemoryBackend)  # a bad URL or type fails here
+        self._backend = backend
         if default_limits is not None:
-            self._default = RateLimitCore(
-                RateLimiter(default_limits, name="default", **self._limiter_options),
-                exempt_paths=exempt_paths, **self._core_options)
+            parse_limits(default_limits)
+        if algorithm is not None and algorithm not in ALGORITHMS:
+            raise ConfigurationError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
+        if isinstance(exempt_paths, str):
+            raise ConfigurationError(f"exempt_paths is a list; write [{exempt_paths!r}]")
+        given: dict[str, Any] = {
+            "limits": default_limits, "key": key, "headers": headers,
+            "headers_on_allowed": headers_on_allowed, "shadow": shadow, "algorithm": algorithm,
+            "on_backend_error": on_backend_error,
+            "exempt_paths": None if exempt_paths is None else tuple(exempt_paths)}
+        self._given = {name: value for name, value in given.items() if value is not None}
+        self._clock = clock
+        self._check = check
+        self._states: weakref.WeakKeyDictionary[Flask, _AppState] = (
+            weakref.WeakKeyDictionary())
+        self._exempt_views: set[Callable[..., Any]] = set()
         if app is not None:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Attach to ``app``: app-wide limits before each request, fields after it."""
+        """Attach to ``app``: read its settings, build its limits, check its backend if asked;
+        app-wide limits run before each request, fields are added after it."""
+        config = Config.from_mapping(app.config.get("FINTECH_RESILIENCE"),
+                                     where="app.config['FINTECH_RESILIENCE']")
+        section = dataclasses.replace(config.rate_limit or RateLimitConfig(), **self._given)
+        backend = (build_backend(config, MemoryBackend) if self._backend is None
+                   else resolve_backend(self._backend, MemoryBackend))
+        if self._check if self._check is not None else config.check:
+            check_config(config if self._backend is None else dataclasses.replace(
+                config, backend=self._backend, backend_options=None))
+        default = rate_limit_core(config, section, backend=backend, default_name="default",
+                                  clock=self._clock)
+        self._states[app] = _AppState(backend, default.key if default is not None
+                                      else section.key or default_key(config),
+                                      section, default, self._clock)
         app.extensions["fintech_resilience"] = self
-        app.config.setdefault("RESILIENCE_ENABLED", True)
-        if self._default is not None:
+        app.config.setdefault("RESILIENCE_ENABLED", config.enabled)
+        if default is not None:
             app.before_request(self._before)
         app.after_request(self._after)
+        if config.idempotency is not None:
+            from .wsgi import IdempotencyMiddleware
+
+            app.wsgi_app = IdempotencyMiddleware(  # type: ignore[method-assign]
+                app.wsgi_app, **idempotency_options(config.idempotency))
+
+    def backend(self, app: Flask | None = None) -> Backend:
+        """The backend this extension uses for ``app`` (default: the current app)."""
+        return self._state(app).backend
+
+    def _state(self, app: Flask | None = None) -> _AppState:
+        found = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+        state = self._states.get(found)
+        if state is None:
+            raise ConfigurationError(
+                f"this Resilience extension is not initialised on app {found.name!r}: call"
+                " resilience.init_app(app) (or Resilience(app, ...))")
+        return state
 
     def _before(self) -> Response | None:
         view = current_app.view_functions.get(request.endpoint or "")
-        if (self._default is None or not current_app.config["RESILIENCE_ENABLED"]
+        state = self._state()
+        if (state.default is None or not current_app.config["RESILIENCE_ENABLED"]
                 or view in self._exempt_views):
             return None
-        return self._apply(self._default)
+        return self._apply(state.default)
 
     def _apply(self, core: RateLimitCore) -> Response | None:
         verdict = core.check(request.method, request.path, request)
@@ -125,7 +233,8 @@ class Resilience:
               methods: Iterable[str] | None = None) -> Callable[[F], F]:
         """Decorator: limit this view (sync or async), per key, on top of ``default_limits``.
 
-        :param limits: ``"5/second"`` or a ready :class:`~fintech_resilience.RateLimiter`.
+        :param limits: ``"5/second"`` or a ready :class:`~fintech_resilience.RateLimiter`
+            (then shared by every app; from a string, each app gets a limiter on its backend).
         :param key: overrides the extension's key function for this view.
         :param cost: units per request, or ``callable(request) -> int``.
         :param name: the limiter's name (default: the view function's name + a short hash).
@@ -134,36 +243,33 @@ class Resilience:
         if isinstance(limits, RateLimiter) and name is not None:
             raise ConfigurationError("name configures a limiter made from a string; with a"
                                      " ready RateLimiter, set it on the limiter")
+        if not isinstance(limits, RateLimiter):
+            parse_limits(limits)  # a bad rate fails here, when the view is decorated
+        if name is not None:
+            validate_name(name)
 
         def decorate(view: F) -> F:
-            limiter = (limits if isinstance(limits, RateLimiter)
-                       else RateLimiter(limits, name=name or _view_name(view),
-                                        **self._limiter_options))
-            options = dict(self._core_options)
-            if key is not None:
-                options["key"] = key
-            core = RateLimitCore(rules=[Rule(limiter, methods=methods, cost=cost)], **options)
+            spec = _ViewLimit(limits, name or _view_name(view), key, cost, methods)
+
+            def refusal() -> Response | None:
+                if not current_app.config.get("RESILIENCE_ENABLED", True):
+                    return None
+                return self._apply(self._state().core(spec))
 
             if inspect.iscoroutinefunction(view):
                 # Flask runs async views on a loop of their own per request: decide with the
                 # sync path (no async Redis connection outlives that loop)
                 @functools.wraps(view)
                 async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                    if current_app.config.get("RESILIENCE_ENABLED", True):
-                        refusal = self._apply(core)
-                        if refusal is not None:
-                            return refusal
-                    return await view(*args, **kwargs)
+                    refused = refusal()
+                    return refused if refused is not None else await view(*args, **kwargs)
 
                 return cast(F, async_wrapper)
 
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                if current_app.config.get("RESILIENCE_ENABLED", True):
-                    refusal = self._apply(core)
-                    if refusal is not None:
-                        return refusal
-                return view(*args, **kwargs)
+                refused = refusal()
+                return refused if refused is not None else view(*args, **kwargs)
 
             return cast(F, wrapper)
 

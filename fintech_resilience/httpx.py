@@ -29,7 +29,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-import httpx
+try:
+    import httpx
+except ModuleNotFoundError as _missing:  # the framework's extra is not installed: say which
+    from .core.extras import install_hint
+
+    install_hint(_missing, "httpx")
+    raise
 
 from .core.outcomes import OutcomeRule
 from .edges.outbound import IDEMPOTENT_METHODS, FailedResponse, OutboundCore, Plan

@@ -20,9 +20,15 @@ from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import NewConnectionError
+try:
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.exceptions import NewConnectionError
+except ModuleNotFoundError as _missing:  # the framework's extra is not installed: say which
+    from .core.extras import install_hint
+
+    install_hint(_missing, "requests")
+    raise
 
 from .core.outcomes import OutcomeRule
 from .edges.outbound import IDEMPOTENT_METHODS, FailedResponse, OutboundCore

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .backends.base import Arg, Backend
+from .backends.memory import MemoryBackend
+from .backends.resolve import resolve_backend
 from .errors import ConfigurationError, ResidencyViolation
 
 if TYPE_CHECKING:
@@ -98,7 +100,8 @@ def _tag_name(key: str) -> str | None:
 class RegionalBackend(Backend):
     """Routes each operation to the backend of its region and refuses cross-region operations.
 
-    :param backends: one backend per region name, e.g. ``{"eu": eu, "us": us, "in": india}``.
+    :param backends: one backend (or URL) per region name, e.g. ``{"eu": eu, "us": us,
+        "in": "redis://redis.in:6379/0"}``; ``"memory://"`` is a memory backend of its own.
     :param region_of: ``region_of(principal) -> region | None`` for :func:`acting_for`. A
         principal without a region is refused.
     :param default_region: region for operations with no principal, region or name marker
@@ -110,11 +113,11 @@ class RegionalBackend(Backend):
 
     kind = "regional"
 
-    def __init__(self, backends: Mapping[str, Backend], *,
+    def __init__(self, backends: Mapping[str, Backend | str], *,
                  region_of: Callable[[str], str | None] | None = None,
                  default_region: str | None = None, name_regions: bool = True,
                  audit: AuditLog | None = None) -> None:
-        if not backends or not all(isinstance(b, Backend) for b in backends.values()):
+        if not backends or not all(isinstance(b, Backend | str) for b in backends.values()):
             raise ConfigurationError(
                 "backends maps region names to backends: {'eu': RedisBackend.from_url(...), ...}"
             )
@@ -123,7 +126,8 @@ class RegionalBackend(Backend):
                 f"default_region {default_region!r} has no backend; choose one of"
                 f" {sorted(backends)}"
             )
-        self.backends = dict(backends)
+        self.backends = {region: resolve_backend(b, MemoryBackend)
+                         for region, b in backends.items()}
         self.region_of = region_of
         self.default_region = default_region
         self.name_regions = name_regions

@@ -321,7 +321,9 @@ def test_stream_sink_configuration_is_validated() -> None:
         with pytest.raises(ConfigurationError):
             RedisStreamSink(mem, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
-        RedisStreamSink("redis://x")  # type: ignore[arg-type]
+        RedisStreamSink(6379)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):  # URLs are accepted, and checked at once
+        RedisStreamSink("redis://x:notaport/0")
 
 
 def test_a_dead_redis_sink_falls_back_to_the_logger(caplog: pytest.LogCaptureFixture) -> None:

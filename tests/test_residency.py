@@ -131,7 +131,9 @@ def test_configuration_is_validated() -> None:
     with pytest.raises(ConfigurationError):
         RegionalBackend({})
     with pytest.raises(ConfigurationError):
-        RegionalBackend({"eu": "redis://x"})  # type: ignore[dict-item]
+        RegionalBackend({"eu": 6379})  # type: ignore[dict-item]
+    with pytest.raises(ConfigurationError):  # URLs are accepted, and checked at once
+        RegionalBackend({"eu": "redis://x:notaport/0"})
     with pytest.raises(ConfigurationError):
         RegionalBackend({"eu": mem}, default_region="us")
     with pytest.raises(ConfigurationError):

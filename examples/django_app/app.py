@@ -12,6 +12,12 @@ What is wired in:
   (merchant, Idempotency-Key); for this DRF view the key is claimed after DRF authenticated the
   merchant, so the principal is DRF's ``request.user``; duplicates get the stored response;
 * a ``CircuitBreaker`` and ``retry`` around the PSP call, with the record's downstream key.
+
+``settings.FINTECH_RESILIENCE`` is read through ``fintech_resilience.config`` (a mistake in it
+stops the start-up). With ``FINTECH_RESILIENCE_REDIS_URL`` set, state is shared through that
+Redis; each run uses merchants and keys of its own, so runs can follow each other (and the other
+examples) on one Redis. Served with ``runserver``, ``POST /charges/`` (or ``/charges``) with
+``X-Merchant`` and ``Idempotency-Key`` headers charges; without ``X-Merchant`` it answers 403.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import itertools
 import json
 import os
 import sys
+import uuid
 from typing import Any
 
 import django
@@ -28,10 +35,9 @@ from django.conf import settings
 
 import fintech_resilience as fr
 
-URL = os.environ.get("FINTECH_RESILIENCE_REDIS_URL") or None
-backend: fr.Backend = fr.RedisBackend.from_url(URL) if URL else fr.MemoryBackend()
-store = fr.IdempotencyStore(backend, secret=os.environ.get("IDEMPOTENCY_SECRET",
-                                                           "dev-only-secret-32-bytes-long!!"))
+URL = os.environ.get("FINTECH_RESILIENCE_REDIS_URL") or "memory://"
+store = fr.IdempotencyStore(URL, secret=os.environ.get("IDEMPOTENCY_SECRET",
+                                                       "dev-only-secret-32-bytes-long!!"))
 
 if not settings.configured:
     settings.configure(
@@ -40,7 +46,7 @@ if not settings.configured:
         MIDDLEWARE=["fintech_resilience.django.RateLimitMiddleware",
                     "fintech_resilience.django.IdempotencyMiddleware"],
         FINTECH_RESILIENCE={
-            "BACKEND": backend,
+            "BACKEND": URL,                    # a URL, or a Backend object
             "RATE_LIMIT": {"LIMITS": "100/minute", "NAME": "site", "EXEMPT_PATHS": ["/healthz"]},
             "IDEMPOTENCY": {"STORE": store, "METHODS": ["POST"], "REQUIRED": True},
         },
@@ -54,12 +60,13 @@ if not settings.configured:
     django.setup()
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402
-from django.urls import path  # noqa: E402
+from django.urls import re_path  # noqa: E402
 from rest_framework.authentication import BaseAuthentication  # noqa: E402
+from rest_framework.permissions import IsAuthenticated  # noqa: E402
 from rest_framework.response import Response  # noqa: E402
 from rest_framework.views import APIView  # noqa: E402
 
-breaker = fr.CircuitBreaker("psp-acme", backend=backend, minimum_calls=10)
+breaker = fr.CircuitBreaker("django-psp-acme", backend=URL, minimum_calls=10)
 _ids = itertools.count(1)
 _psp_ledger: dict[str, dict[str, Any]] = {}
 
@@ -93,6 +100,7 @@ class MerchantAuthentication(BaseAuthentication):  # type: ignore[misc]
 
 class ChargeView(APIView):  # type: ignore[misc]
     authentication_classes = [MerchantAuthentication]
+    permission_classes = [IsAuthenticated]  # no merchant: 403, and no key is claimed
     throttle_scope = "payments"
 
     def post(self, request: Any) -> Response:
@@ -107,7 +115,7 @@ class ChargeView(APIView):  # type: ignore[misc]
         return Response({"id": charge["id"], "amount": charge["amount"]}, status=201)
 
 
-urlpatterns = [path("charges/", ChargeView.as_view())]
+urlpatterns = [re_path(r"^charges/?$", ChargeView.as_view())]
 
 # the middleware runs DRF views as if they had fintech_resilience.django.IdempotencyMixin:
 # the key is claimed after MerchantAuthentication, under the merchant's pk
@@ -136,20 +144,24 @@ def call(method: str, path_: str, body: dict[str, Any] | None = None,
 
 
 def main() -> None:
-    status, _, first = call("POST", "/charges/", {"amount": 2500}, X_MERCHANT="m-42",
+    run = uuid.uuid4().hex[:8]  # this run's merchants
+    status, _, first = call("POST", "/charges/", {"amount": 2500}, X_MERCHANT=f"m-42-{run}",
                             IDEMPOTENCY_KEY="order-9")
-    status2, headers, again = call("POST", "/charges/", {"amount": 2500}, X_MERCHANT="m-42",
-                                   IDEMPOTENCY_KEY="order-9")
+    status2, headers, again = call("POST", "/charges/", {"amount": 2500},
+                                   X_MERCHANT=f"m-42-{run}", IDEMPOTENCY_KEY="order-9")
     print("charge:", status, first)
     print("same key again:", status2, again, "replayed:", headers.get("idempotent-replayed"))
-    other = call("POST", "/charges/", {"amount": 2500}, X_MERCHANT="m-43",
+    other = call("POST", "/charges/", {"amount": 2500}, X_MERCHANT=f"m-43-{run}",
                  IDEMPOTENCY_KEY="order-9")
     print("same key, other merchant (its own record):", other[0], other[2])
-    burst = [call("POST", "/charges/", {"amount": 100}, X_MERCHANT="m-7",
+    anonymous = call("POST", "/charges/", {"amount": 1}, IDEMPOTENCY_KEY="order-9")
+    print("no merchant:", anonymous[0], "(nothing claimed)")
+    burst = [call("POST", "/charges/", {"amount": 100}, X_MERCHANT=f"m-7-{run}",
                   IDEMPOTENCY_KEY=f"b{i}")[0] for i in range(5)]
     print("m-7 bursts 5 charges (DRF throttle 3/s):", burst)
     assert first == again
     assert other[2]["id"] != first["id"]
+    assert anonymous[0] == 403
     assert 429 in burst
 
 

@@ -44,9 +44,11 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 from opentelemetry import trace as _trace
 
 from ..backends.base import Backend
+from ..backends.resolve import resolve_backend
 from ..core import storage_keys as _keys
 from ..core.clock import SYSTEM_CLOCK, Clock
 from ..core.redaction import Redactor
+from ..core.resets import on_reset
 from ..errors import BackendUnavailable, ConfigurationError
 from .record import (
     DEFAULT_STREAM_TTL,
@@ -136,8 +138,8 @@ class CallbackSink:
 class RedisStreamSink:
     """Appends records to a bounded stream in one atomic operation per record.
 
-    :param backend: any :class:`~fintech_resilience.backends.base.Backend` (Redis for a shared
-        trail; memory for tests and development).
+    :param backend: any :class:`~fintech_resilience.backends.base.Backend` or a URL
+        (``"redis://host:6379/0"``: Redis for a shared trail; memory for tests and development).
     :param stream: the stream's name; the key is ``<namespace>:audit:{<stream>}``.
     :param maxlen: at most this many entries are kept (oldest trimmed first).
     :param ttl: seconds the stream lives after the last append (default 400 days).
@@ -154,13 +156,13 @@ class RedisStreamSink:
     records emitted concurrently with a pattern's decision travel in the same round trip.
     """
 
-    def __init__(self, backend: Backend, *, stream: str = "audit", maxlen: int = 1_000_000,
+    def __init__(self, backend: Backend | str, *, stream: str = "audit", maxlen: int = 1_000_000,
                  ttl: float = DEFAULT_STREAM_TTL, chain: bool = False, key: bytes | None = None,
                  namespace: str = _keys.DEFAULT_NAMESPACE, max_conflicts: int = 64,
                  clock: Clock | None = None) -> None:
-        if not isinstance(backend, Backend):
+        if not isinstance(backend, Backend | str):
             raise ConfigurationError(
-                f"RedisStreamSink needs a Backend (e.g. RedisBackend.from_url(...)); got"
+                f"RedisStreamSink needs a Backend or a URL ('redis://host:6379/0'); got"
                 f" {backend!r}"
             )
         if type(maxlen) is not int or maxlen < 1:
@@ -171,7 +173,7 @@ class RedisStreamSink:
             raise ConfigurationError("key must be bytes of at least 16 bytes (e.g. os.urandom(32))")
         if key is not None and not chain:
             raise ConfigurationError("key is the hash chain's HMAC key: pass chain=True with it")
-        self.backend = backend
+        self.backend = resolve_backend(backend)
         self.stream = _keys.validate_name(stream, "stream")
         self.namespace = _keys.validate_name(namespace, "namespace")
         self.key_name = stream_key(self.stream, namespace)
@@ -419,6 +421,11 @@ async def _adelivered(aemit: Callable[[AuditRecord], Awaitable[object]],
     except Exception as exc:
         return exc
     return None
+
+
+@on_reset
+def _forget_default() -> None:
+    _DEFAULT[0] = None
 
 
 def get_default() -> AuditLog | None:

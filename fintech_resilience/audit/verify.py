@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Final
 
 from ..backends.base import Backend
+from ..backends.resolve import check_url, resolve_backend
 from ..core import storage_keys as _keys
 from ..errors import BackendUnavailable, ConfigurationError
 from .record import AuditRecord, chain_hash, stream_key
@@ -57,7 +58,7 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def verify_stream(backend: Backend, *, stream: str = "audit", key: bytes | None = None,
+def verify_stream(backend: Backend | str, *, stream: str = "audit", key: bytes | None = None,
                   namespace: str = _keys.DEFAULT_NAMESPACE, expected_head: str | None = None,
                   batch: int = 500) -> VerifyReport:
     """Check the hash chain of an audit stream written with ``RedisStreamSink(chain=True)``.
@@ -66,8 +67,11 @@ def verify_stream(backend: Backend, *, stream: str = "audit", key: bytes | None 
     the same ``key``), and its ``prev_hash`` must equal the previous entry's ``hash``. A changed
     record or hash is reported at that entry; a deleted or inserted entry at the entry after the
     gap. Removing the newest entries leaves a valid chain: pass the head you saw last
-    (``expected_head``, e.g. kept by a monitoring job) to detect that too.
+    (``expected_head``, e.g. kept by a monitoring job) to detect that too. ``backend`` is a
+    backend or its URL.
     """
+    if not isinstance(backend, Backend):
+        backend = resolve_backend(check_url(backend))
     key_name = stream_key(stream, namespace)
     broken: list[BrokenEntry] = []
     previous: str | None = None

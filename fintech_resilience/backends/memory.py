@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..core import telemetry
+from ..core.resets import on_reset
 from ..errors import BackendFull, ConfigurationError
 from .base import Arg, Backend, BoundOp
 from .memory_ops import MemoryOp, load_ops
@@ -188,6 +190,7 @@ class MemoryBackend(Backend):
             (lambda: round(clock.time() * 1_000_000)) if clock is not None
             else (lambda: time.time_ns() // 1000)
         )
+        _LIVE.add(self)
 
     def breaker_success_counter(self, key: str, window_size: int, ttl_ms: int,
                                 now_us: Callable[[], int] | None
@@ -260,6 +263,14 @@ class MemoryBackend(Backend):
 
 _DEFAULT: MemoryBackend | None = None
 _DEFAULT_LOCK = threading.Lock()
+#: every memory backend alive in the process: fintech_resilience.testing.reset() clears them all
+_LIVE: weakref.WeakSet[MemoryBackend] = weakref.WeakSet()
+
+
+@on_reset
+def _clear_all() -> None:
+    for backend in list(_LIVE):
+        backend.clear()
 
 
 def default_backend() -> MemoryBackend:

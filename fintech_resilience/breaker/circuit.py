@@ -29,19 +29,21 @@ import contextvars
 import inspect
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
 from ..audit import log as _audit
-from ..backends import default_backend
-from ..backends.base import Backend, BackendGuard, Fallback, LocalReply, OnBackendError
+from ..backends.base import BackendGuard, Fallback, LocalReply, OnBackendError
 from ..backends.memory import MemoryBackend
 from ..backends.memory_ops.breaker import seed
+from ..backends.resolve import BackendSpec, resolve_backend
 from ..core import storage_keys as _keys
 from ..core import telemetry
 from ..core.clock import Clock
 from ..core.decorate import around_calls
 from ..core.outcomes import Classifier, Outcome, OutcomeRule, Verdict
+from ..core.resets import on_reset
 from ..errors import CircuitOpen
 from .state import (
     BreakerState,
@@ -70,6 +72,14 @@ _Ticket = tuple[int, str, float]
 _DEFAULT_WINDOW: Final = CountWindow(100)
 _CLOSED: Final = BreakerState.CLOSED
 _CONTROL: Final = {"read": 0, "reset": 1, "force_open": 2, "disable": 3, "metrics_only": 4}
+#: every breaker alive in the process: fintech_resilience.testing.reset() makes them forget
+_LIVE: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
+
+
+@on_reset
+def _forget_all() -> None:
+    for breaker in list(_LIVE):
+        breaker._forget()
 
 
 class CircuitBreaker:
@@ -80,7 +90,8 @@ class CircuitBreaker:
     seconds) while open, or returns ``fallback(error, *args, **kwargs)`` for decorated calls.
 
     :param name: the breaker's name, shared by every process (``[A-Za-z0-9_.-]``, 1-64).
-    :param backend: where the state lives; default the process-wide :class:`MemoryBackend`.
+    :param backend: where the state lives: a backend or a URL (``"redis://host:6379/0"``);
+        default the process-wide :class:`MemoryBackend`.
     :param failure_rate: trip when failures / calls in the window reach this, in (0, 1].
     :param slow_call_rate: trip when slow calls / calls reach this, in (0, 1].
     :param slow_call_duration: a call taking at least this many seconds is slow (None: off).
@@ -114,7 +125,7 @@ class CircuitBreaker:
         :func:`fintech_resilience.audit.get_default`.
     """
 
-    def __init__(self, name: str, *, backend: Backend | None = None, failure_rate: float = 0.5,
+    def __init__(self, name: str, *, backend: BackendSpec = None, failure_rate: float = 0.5,
                  slow_call_rate: float = 1.0, slow_call_duration: float | None = None,
                  minimum_calls: int = 20, window: CountWindow | TimeWindow = _DEFAULT_WINDOW,
                  break_duration: float = 30.0, break_duration_multiplier: float = 1.0,
@@ -129,6 +140,7 @@ class CircuitBreaker:
         self.namespace = _keys.validate_name(namespace, "namespace")
         self.audit = audit
         telemetry.watch_breaker(self)
+        _LIVE.add(self)
         self.settings = Settings.build(
             window=window, minimum_calls=minimum_calls, failure_rate=failure_rate,
             slow_call_rate=slow_call_rate, slow_call_duration=slow_call_duration,
@@ -147,7 +159,7 @@ class CircuitBreaker:
         self._mono = clock.monotonic if clock is not None else time.monotonic
         # with the default rules a call that returned is a success: no Outcome to build
         self._plain_success = failure is None and neutral is None
-        self.backend = backend if backend is not None else default_backend()
+        self.backend = resolve_backend(backend)
         self._guard = BackendGuard("breaker", self.name, self.backend, on_backend_error)
         # a backend that cannot fail (in process) needs no guard
         direct = not self.backend.can_fail
@@ -178,6 +190,10 @@ class CircuitBreaker:
                        else None)
         self._tickets: contextvars.ContextVar[tuple[_Ticket, ...]] = contextvars.ContextVar(
             f"breaker:{self.name}", default=())
+
+    def _forget(self) -> None:
+        """Forget the state this process learned (``fintech_resilience.testing.reset``)."""
+        self._view = self._shared = self._seeded = None
 
     # -- pure steps (no I/O) ----------------------------------------------------------------------
     def _now_us(self) -> int:

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from ..backends.redis import RedisBackend, script
+from ..backends.resolve import redact_url
 from ..breaker.state import BreakerState
 
 __all__ = ["Finding", "RedisOps", "idempotency_record", "redact_url", "status"]
@@ -32,16 +32,6 @@ __all__ = ["Finding", "RedisOps", "idempotency_record", "redact_url", "status"]
 US = 1_000_000
 SCAN_COUNT = 1000
 _TAGGED = re.compile(r"^[^{]*\{([^}]*)\}")
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password (safe to print)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + netloc, parts.path, parts.query, parts.fragment))
 
 
 def _text(value: Any) -> str:

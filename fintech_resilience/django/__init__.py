@@ -33,6 +33,15 @@ its own 429 and ``Retry-After``; the middleware answers with RFC 9457 problem+js
 ``RateLimit``/``RateLimit-Policy`` fields.
 """
 
+try:
+    import django as _django  # type: ignore[import-untyped]  # noqa: F401 - names the extra
+    import rest_framework as _rest_framework  # type: ignore[import-untyped]  # noqa: F401
+except ModuleNotFoundError as _missing:  # the framework's extra is not installed: say which
+    from ..core.extras import install_hint
+
+    install_hint(_missing, "django")
+    raise
+
 from .drf import RateThrottle
 from .idempotency import IdempotencyMiddleware, IdempotencyMixin
 from .ratelimit import RateLimitMiddleware

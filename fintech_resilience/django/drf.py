@@ -8,10 +8,17 @@ from typing import Any
 
 from rest_framework.throttling import BaseThrottle  # type: ignore[import-untyped]
 
+from ..core.resets import on_reset
 from ..ratelimit.limiter import Decision, RateLimiter
 from .settings import _backend, _config, _default_key, drf_rate
 
 __all__ = ["RateThrottle", "drf_rate"]
+
+@on_reset
+def _forget_limiters() -> None:
+    with RateThrottle._limiters_lock:
+        RateThrottle._limiters.clear()
+
 
 class RateThrottle(BaseThrottle):  # type: ignore[misc]
     """A DRF throttle on fintech_resilience limiters (shared through Redis, GCRA, no races).
@@ -20,7 +27,8 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
     under the view's ``throttle_scope`` (else the class's ``scope``, default ``"default"``), or
     from a subclass's ``rate``. DRF rate notation (``"10/s"``, ``"100/min"``) and ``limits``
     notation (``"10/second; 1000/day"``) both work. The backend and trusted proxies come from
-    ``settings.FINTECH_RESILIENCE``. Override :meth:`get_key` to key differently.
+    ``settings.FINTECH_RESILIENCE`` (``"ENABLED": False`` there admits every request). Override
+    :meth:`get_key` to key differently.
     """
 
     scope: str | None = None
@@ -57,12 +65,13 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
             with self._limiters_lock:
                 limiter = self._limiters.get(cache_key)
                 if limiter is None:
-                    limiter = RateLimiter(drf_rate(rate), name=f"drf.{scope}"[:64],
-                                          backend=backend)
+                    limiter = RateLimiter(rate, name=f"drf.{scope}"[:64], backend=backend)
                     self._limiters[cache_key] = limiter
         return limiter
 
     def allow_request(self, request: Any, view: Any) -> bool:
+        if not _config().enabled:
+            return True
         scope = self.get_scope(view)
         rate = self.get_rate(scope)
         if rate is None:

@@ -3,12 +3,14 @@ DRF view mixin that claims a key after DRF's authentication."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped]
-from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
+from ..config.build import idempotency_options
+from ..config.schema import IdempotencyConfig
+from ..core.resets import on_reset
 from ..edges.http import (
     PROBLEM_BASE,
     SAFE_REPLAY_HEADERS,
@@ -27,30 +29,27 @@ class _IdempotencySettings:
     """``settings.FINTECH_RESILIENCE["IDEMPOTENCY"]``, validated once: what the middleware and
     :class:`IdempotencyMixin` share."""
 
-    def __init__(self, config: Any) -> None:
-        from ..edges.asgi.idempotency import DEFAULT_MAX_BODY, check_options
+    def __init__(self, config: IdempotencyConfig | None) -> None:
+        from ..edges.asgi.idempotency import check_options
         from ..idempotency.record import default_store_status
 
-        if not isinstance(config, Mapping) or "STORE" not in config:
+        if config is None:
             raise ConfigurationError(
                 "settings.FINTECH_RESILIENCE['IDEMPOTENCY'] must be a dict with 'STORE' (a dotted"
                 " path to an IdempotencyStore)"
             )
-        store = config["STORE"]
-        self.store = import_string(store) if isinstance(store, str) else store
-        scope = config.get("SCOPE", _authenticated_pk)
-        self.scope_of: Callable[[Any], Any] = (
-            import_string(scope) if isinstance(scope, str) else scope)
-        if config.get("GLOBAL_SCOPE"):
+        options = idempotency_options(config)
+        self.store = options["store"]
+        self.scope_of: Callable[[Any], Any] = options["scope"] or _authenticated_pk
+        if config.global_scope:
             self.scope_of = _global_scope
-        self.max_body_bytes = config.get("MAX_BODY_BYTES", DEFAULT_MAX_BODY)
-        self.max_response_bytes = config.get("MAX_RESPONSE_BYTES", DEFAULT_MAX_BODY)
-        self.methods = check_options(self.store, self.scope_of, bool(config.get("GLOBAL_SCOPE")),
-                                     config.get("METHODS", ("POST", "PATCH")),
-                                     self.max_body_bytes, self.max_response_bytes)
-        self.required = bool(config.get("REQUIRED", False))
-        header = str(config.get("HEADER", "Idempotency-Key"))
-        self.meta_key = "HTTP_" + header.upper().replace("-", "_")
+        self.max_body_bytes = config.max_body_bytes
+        self.max_response_bytes = config.max_response_bytes
+        self.methods = check_options(self.store, self.scope_of, config.global_scope,
+                                     config.methods, self.max_body_bytes,
+                                     self.max_response_bytes)
+        self.required = config.required
+        self.meta_key = "HTTP_" + config.header.upper().replace("-", "_")
         self.store_status = default_store_status
         self.replay_headers = frozenset(h.lower() for h in SAFE_REPLAY_HEADERS)
 
@@ -87,9 +86,14 @@ class _IdempotencySettings:
 _settings_cache: list[Any] = [None, None]  # [the config object, its _IdempotencySettings]
 
 
+@on_reset
+def _forget_settings() -> None:
+    _settings_cache[:] = [None, None]
+
+
 def _idempotency_settings() -> _IdempotencySettings:
     """The validated idempotency settings, rebuilt when the settings object changes."""
-    config = _config().get("IDEMPOTENCY")
+    config = _config().idempotency
     cached = _settings_cache
     if cached[0] is not config or cached[1] is None:
         built = _IdempotencySettings(config)
@@ -124,7 +128,7 @@ class IdempotencyMiddleware:
     async_capable = False
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.edge = _IdempotencySettings(_config().get("IDEMPOTENCY"))
+        self.edge = _IdempotencySettings(_config().idempotency)
         self.store = self.edge.store
         self.methods = self.edge.methods
         self.get_response = get_response

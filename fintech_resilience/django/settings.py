@@ -1,80 +1,73 @@
-"""Reading ``settings.FINTECH_RESILIENCE``: the backend (one per URL, shared by every middleware and
-throttle), key functions, and the Django response of an HTTP answer."""
+"""Reading ``settings.FINTECH_RESILIENCE`` through the one configuration schema
+(:class:`fintech_resilience.config.Config`): validated once per settings object, the backend (one
+per URL, shared by every middleware and throttle), key functions, and the Django response of an
+HTTP answer."""
 
 from __future__ import annotations
 
-import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings  # type: ignore[import-untyped]
 from django.http import HttpRequest, HttpResponse  # type: ignore[import-untyped]
-from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
 from ..backends.base import Backend
+from ..backends.memory import default_backend
+from ..config.build import build_backend, default_key
+from ..config.check import check_config
+from ..config.schema import Config
+from ..core.resets import on_reset
 from ..edges.http import HttpAnswer
 from ..errors import ConfigurationError
-from ..keys import ClientKey, principal_or_ip
+from ..keys import ClientKey
+from ..ratelimit.rates import expand_units
 
 __all__ = ["drf_rate"]
 
 _lock = threading.Lock()
+_cache: list[Any] = [None, None]  # [settings.FINTECH_RESILIENCE, its Config]
 
-_backends: dict[str, Backend] = {}
 
-_DRF_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
-
-_DRF_RATE = re.compile(r"^\s*(\d+)\s*/\s*([smhd])[a-z]*\s*$")
-
-def _config() -> Mapping[str, Any]:
-    value = getattr(settings, "FINTECH_RESILIENCE", {}) or {}
-    if not isinstance(value, Mapping):
+def _config() -> Config:
+    """``settings.FINTECH_RESILIENCE``, validated; read again when the settings object changes
+    (``override_settings``). With ``"CHECK": True`` the backend is checked once, here."""
+    raw = getattr(settings, "FINTECH_RESILIENCE", None)
+    cached = _cache
+    if cached[0] is raw and cached[1] is not None:
+        return cached[1]  # type: ignore[no-any-return]
+    if raw is not None and not isinstance(raw, Mapping):
         raise ConfigurationError("settings.FINTECH_RESILIENCE must be a dict")
-    return value
-
-def _backend(config: Mapping[str, Any]) -> Backend | None:
-    value = config.get("BACKEND")
-    if value is None or isinstance(value, Backend):
-        return value
-    if not isinstance(value, str):
-        raise ConfigurationError(
-            "FINTECH_RESILIENCE['BACKEND'] is a Redis URL ('redis://host:6379/0') or a Backend"
-        )
-    with _lock:  # one connection pool per URL, shared by the middleware and the throttles
-        if value not in _backends:
-            from ..backends.redis import RedisBackend
-
-            _backends[value] = RedisBackend.from_url(value)
-        return _backends[value]
-
-def _key(value: Any, config: Mapping[str, Any]) -> Callable[[Any], Any]:
-    if value is None:
-        return _default_key(config)
-    found = import_string(value) if isinstance(value, str) else value
-    if not callable(found):
-        raise ConfigurationError("KEY is a dotted path to, or a callable(request) -> key")
-    return found  # type: ignore[no-any-return]
-
-_default_keys: dict[tuple[Any, ...], ClientKey] = {}
+    config = Config.from_mapping(raw, where="settings.FINTECH_RESILIENCE")
+    if config.check:
+        check_config(config)
+    cached[:] = [raw, config]  # the settings value is kept alive: its identity is never reused
+    return config
 
 
-def _default_key(config: Mapping[str, Any]) -> ClientKey:
-    options = (tuple(config.get("TRUSTED_PROXIES", ())),
-               config.get("FORWARDED_HEADER", "X-Forwarded-For"), config.get("PRINCIPAL_HEADER"))
-    key = _default_keys.get(options)
-    if key is None:
-        key = principal_or_ip(trusted_proxies=options[0], header=options[1],
-                              principal_header=options[2])
-        _default_keys[options] = key
-    return key
+@on_reset
+def _forget_settings() -> None:
+    _cache[:] = [None, None]
+
+
+def _backend(config: Config) -> Backend:
+    """The configured backend; the process-wide memory backend when none is (Django settings
+    are process-wide, so is this default)."""
+    return build_backend(config, default_backend)
+
+
+def _default_key(config: Config) -> ClientKey:
+    return default_key(config)
+
 
 def drf_rate(rate: str) -> str:
-    """A DRF rate (``"10/s"``, ``"100/min"``, ``"5/hour"``) in ``limits`` notation."""
-    match = _DRF_RATE.match(rate)
-    if match is None:
-        return rate  # already limits notation ("10/second; 1000/day", "10 per minute")
-    return f"{match.group(1)}/{_DRF_UNITS[match.group(2)]}"
+    """A DRF rate (``"10/s"``, ``"100/min"``, ``"5/hour"``) in ``limits`` notation.
+
+    Every rate in the library accepts both notations (see
+    :func:`fintech_resilience.ratelimit.rates.expand_units`); this is kept for callers that want
+    the written-out text.
+    """
+    return expand_units(rate)
 
 def _authenticated_pk(request: HttpRequest) -> Any:
     user = getattr(request, "user", None)

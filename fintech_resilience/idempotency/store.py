@@ -35,9 +35,9 @@ from collections.abc import Sequence
 from typing import Any, Final, ParamSpec, TypeVar
 
 from ..audit import log as _audit
-from ..backends import default_backend
 from ..backends.base import ALLOW, Backend, BackendGuard, Fallback, OnBackendError
 from ..backends.redis import RedisBackend
+from ..backends.resolve import BackendSpec, resolve_backend
 from ..core import storage_keys as _keys
 from ..core import telemetry
 from ..core.clock import Clock
@@ -112,10 +112,10 @@ def _number(value: object, what: str, low: float, high: float) -> float:
 class IdempotencyStore:
     """Where idempotency records live, and the rules they follow.
 
-    :param backend: default a process-wide :class:`MemoryBackend` (where records are never
-        evicted: past its ``max_records`` live records, new claims are refused with
-        :class:`~fintech_resilience.BackendFull`); a :class:`RedisBackend` shares records between
-        workers and hosts.
+    :param backend: a backend or a URL (``"redis://host:6379/0"``); default a process-wide
+        :class:`MemoryBackend` (where records are never evicted: past its ``max_records`` live
+        records, new claims are refused with :class:`~fintech_resilience.BackendFull`); a
+        :class:`RedisBackend` shares records between workers and hosts.
     :param ttl: seconds a record is kept after its claim and after its completion (default 24 h).
     :param lease: seconds a running handler owns the key without renewal (renewed every
         ``lease / 3`` while it runs); after it, duplicates get "outcome unknown".
@@ -145,7 +145,7 @@ class IdempotencyStore:
         outcomes then go to the log instead of the ``fintech_resilience.audit`` logger.
     """
 
-    def __init__(self, backend: Backend | None = None, *, ttl: float = 86_400.0,
+    def __init__(self, backend: BackendSpec = None, *, ttl: float = 86_400.0,
                  lease: float = 30.0, secret: bytes | str | None = None, name: str = "default",
                  namespace: str = _keys.DEFAULT_NAMESPACE, redactor: RedactorLike | None = None,
                  cipher: Cipher | None = None, on_backend_error: OnBackendError = "deny",
@@ -159,7 +159,7 @@ class IdempotencyStore:
         if self.ttl < self.lease:
             raise ConfigurationError(f"ttl ({ttl}) must be at least lease ({lease}): a record"
                                      " must outlive the lease of the handler that owns it")
-        self.backend = backend if backend is not None else default_backend()
+        self.backend = resolve_backend(backend)
         if secret is None:
             if self.backend.shared:
                 raise ConfigurationError(

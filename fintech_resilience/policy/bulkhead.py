@@ -22,7 +22,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Final, ParamSpec, TypeVar
 
-from ..backends.base import Backend
+from ..backends.resolve import BackendSpec
 from ..core import storage_keys as _keys
 from ..core import telemetry
 from ..core.clock import SYSTEM_CLOCK, Clock
@@ -68,12 +68,13 @@ class Bulkhead:
     :param name: shown in errors and telemetry; also the distributed slot key.
     :param limiter: a :class:`~fintech_resilience.ConcurrencyLimiter` to make the bulkhead
         distributed (its ``limit`` must equal ``max_concurrent``), or
-    :param backend: a backend to build one on (``lease`` seconds per slot, default 30).
+    :param backend: a backend (or a URL) to build one on (``lease`` seconds per slot, default
+        30).
     :param clock: time source for a distributed bulkhead's waits (tests).
     """
 
     def __init__(self, max_concurrent: int, *, max_wait: float = 0.0, name: str = "default",
-                 limiter: ConcurrencyLimiter | None = None, backend: Backend | None = None,
+                 limiter: ConcurrencyLimiter | None = None, backend: BackendSpec = None,
                  lease: float = 30.0, clock: Clock | None = None) -> None:
         if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or (
                 max_concurrent < 1):

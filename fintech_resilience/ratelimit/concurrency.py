@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import cast
 
-from ..backends import default_backend
-from ..backends.base import Backend, BackendGuard, Fallback, LocalReply, OnBackendError
+from ..backends.base import BackendGuard, Fallback, LocalReply, OnBackendError
+from ..backends.resolve import BackendSpec, resolve_backend
 from ..core import storage_keys as _keys
 from ..core import telemetry
 from ..core.clock import Clock
@@ -40,12 +40,14 @@ class ConcurrencyLimiter:
     """Caps the calls in flight per key (e.g. per PSP) across every worker and host.
 
     :param limit: slots per key.
+    :param backend: a backend or a URL (``"redis://host:6379/0"``); default the process-wide
+        :class:`~fintech_resilience.MemoryBackend`.
     :param lease: seconds a slot stays held without :meth:`renew` (covers a dead holder).
     :param on_backend_error: ``"local"`` (default: a per-process cap), ``"allow"``, ``"deny"``,
         ``"raise"``.
     """
 
-    def __init__(self, limit: int, *, backend: Backend | None = None, name: str = "default",
+    def __init__(self, limit: int, *, backend: BackendSpec = None, name: str = "default",
                  lease: float = 30.0, on_backend_error: OnBackendError = "local",
                  clock: Clock | None = None, namespace: str = _keys.DEFAULT_NAMESPACE) -> None:
         if type(limit) is not int or limit < 1:
@@ -57,7 +59,7 @@ class ConcurrencyLimiter:
         self.name = _keys.validate_name(name)
         self.namespace = _keys.validate_name(namespace, "namespace")
         self.clock = clock
-        self.backend = backend if backend is not None else default_backend()
+        self.backend = resolve_backend(backend)
         self._guard = BackendGuard("concurrency", self.name, self.backend, on_backend_error)
 
     def _now(self) -> int:

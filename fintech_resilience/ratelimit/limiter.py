@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 from ..audit import log as _audit
-from ..backends import default_backend
-from ..backends.base import Backend, BackendGuard, Fallback, LocalReply, OnBackendError
+from ..backends.base import BackendGuard, Fallback, LocalReply, OnBackendError
+from ..backends.resolve import BackendSpec, resolve_backend
 from ..core import storage_keys, telemetry
 from ..core.clock import Clock
 from ..core.decorate import around_calls
@@ -60,7 +60,8 @@ class RateLimiter:
     """Admits or refuses calls per key under one or more rate limits.
 
     :param limits: ``"10/second"``, ``"10/second; 1000/day"`` (``limits`` notation) or a list.
-    :param backend: where counters live; default the process-wide :class:`MemoryBackend`.
+    :param backend: where counters live: a backend or a URL (``"redis://host:6379/0"``);
+        default the process-wide :class:`MemoryBackend`.
     :param algorithm: ``"gcra"`` (default), ``"sliding_window"`` or ``"fixed_window"``.
     :param name: identifies the limiter in keys, telemetry and headers (``[A-Za-z0-9_.-]``).
     :param burst: GCRA only: bucket size, default the limit's amount (applies to every limit).
@@ -73,7 +74,7 @@ class RateLimiter:
         :func:`fintech_resilience.audit.get_default` log, if one is set.
     """
 
-    def __init__(self, limits: str | Sequence[str], *, backend: Backend | None = None,
+    def __init__(self, limits: str | Sequence[str], *, backend: BackendSpec = None,
                  algorithm: Algorithm = "gcra", name: str = "default", burst: int | None = None,
                  shadow: bool = False, on_backend_error: OnBackendError = "local",
                  deny_retry_after: float = 1.0, clock: Clock | None = None,
@@ -96,7 +97,7 @@ class RateLimiter:
         self.clock = clock
         self.burst = burst
         self.deny_retry_after = float(deny_retry_after)
-        self.backend = backend if backend is not None else default_backend()
+        self.backend = resolve_backend(backend)
         self._guard = BackendGuard("ratelimit", self.name, self.backend, on_backend_error)
         self._script = f"ratelimit_{algorithm}"
         self._run = self._guard.bind(self._script)

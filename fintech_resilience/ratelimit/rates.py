@@ -1,7 +1,12 @@
-"""Rate notation: ``"10/second; 1000/day"`` parsed (by the ``limits`` package) into rates."""
+"""Rate notation: ``"10/second; 1000/day"`` parsed (by the ``limits`` package) into rates.
+
+The short units Django REST framework and others write (``"10/s"``, ``"100/min"``, ``"5/h"``,
+``"1000/d"``) are read as the units they abbreviate, so one notation works at every edge.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -10,12 +15,29 @@ import limits as _limits
 
 from ..errors import ConfigurationError
 
-__all__ = ["MAX_AMOUNT", "MAX_LIMITS", "Rate", "parse_limits"]
+__all__ = ["MAX_AMOUNT", "MAX_LIMITS", "Rate", "expand_units", "parse_limits"]
 
 #: Largest cost or limit accepted: sums stay exact in the doubles Lua computes with.
 MAX_AMOUNT: Final = 2**48
 #: Most limits one RateLimiter combines (all checked in one backend call).
 MAX_LIMITS: Final = 16
+
+#: Short units and what they abbreviate. ``m`` is a minute, as in DRF (``limits`` has no ``m``).
+SHORT_UNITS: Final = {"s": "second", "sec": "second", "secs": "second", "m": "minute",
+                      "min": "minute", "mins": "minute", "h": "hour", "hr": "hour", "hrs": "hour",
+                      "d": "day"}
+# the unit of each limit: after "/" or "per" and an optional multiple ("10/2s", "5 per min")
+_UNIT = re.compile(r"(\d\s*(?:/|per)\s*(?:\d+\s*)?)([a-z]+)\b", re.IGNORECASE)
+
+
+def expand_units(spec: str) -> str:
+    """``spec`` with short units written out: ``"10/s; 100/min"`` -> ``"10/second; 100/minute"``.
+
+    Full unit names are left alone (``"1/month"`` stays a month, unlike DRF, which reads any
+    word by its first letter).
+    """
+    return _UNIT.sub(lambda m: m.group(1) + SHORT_UNITS.get(m.group(2).lower(), m.group(2)),
+                     spec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +53,8 @@ class Rate:
 
 
 def parse_limits(spec: str | Sequence[str]) -> tuple[Rate, ...]:
-    """Parse ``"10/second; 1000/day"`` (``limits`` notation) into rates, shortest period first."""
+    """Parse ``"10/second; 1000/day"`` (``limits`` notation, short units such as ``"10/s"``
+    accepted: see :func:`expand_units`) into rates, shortest period first."""
     texts = [spec] if isinstance(spec, str) else (
         list(spec) if isinstance(spec, list | tuple) else []
     )
@@ -42,11 +65,11 @@ def parse_limits(spec: str | Sequence[str]) -> tuple[Rate, ...]:
     rates: list[Rate] = []
     for text in texts:
         try:
-            items = _limits.parse_many(text)
+            items = _limits.parse_many(expand_units(text))
         except ValueError as exc:
             raise ConfigurationError(
-                f"cannot parse rate limit {text!r}: write e.g. '10/second', '100 per minute' or"
-                f" '10/second; 1000/day'"
+                f"cannot parse rate limit {text!r}: write e.g. '10/second', '10/s', '100 per"
+                f" minute' or '10/second; 1000/day'"
             ) from exc
         for item in items:
             if not 1 <= item.amount <= MAX_AMOUNT:

@@ -26,8 +26,8 @@ import threading
 from typing import TYPE_CHECKING, Final, cast
 
 from ..audit import log as _audit
-from ..backends import default_backend
-from ..backends.base import Backend, BackendGuard, Fallback, OnBackendError
+from ..backends.base import BackendGuard, Fallback, OnBackendError
+from ..backends.resolve import BackendSpec, resolve_backend
 from ..core import storage_keys as _keys
 from ..core import telemetry
 from ..core.clock import Clock
@@ -68,6 +68,8 @@ class RetryBudget:
     """A token bucket of retries per dependency, shared through the backend.
 
     :param name: the dependency (``"psp-acme"``); one budget per name across every process.
+    :param backend: a backend or a URL (``"redis://host:6379/0"``); default the process-wide
+        :class:`~fintech_resilience.MemoryBackend`.
     :param ratio: tokens each first attempt deposits: retries allowed per call (default 0.1).
     :param min_per_second: retries always allowed per second, even with an empty bucket
         (default 5; 0 disables the floor).
@@ -80,7 +82,7 @@ class RetryBudget:
         (``retry_budget.exhausted``); default :func:`fintech_resilience.audit.get_default`.
     """
 
-    def __init__(self, name: str, *, backend: Backend | None = None, ratio: float = 0.1,
+    def __init__(self, name: str, *, backend: BackendSpec = None, ratio: float = 0.1,
                  min_per_second: float = 5.0, max_tokens: float = 100.0,
                  on_backend_error: OnBackendError = "allow", ttl: float = 3600.0,
                  clock: Clock | None = None, namespace: str = _keys.DEFAULT_NAMESPACE,
@@ -98,7 +100,7 @@ class RetryBudget:
             raise ConfigurationError(
                 "ratio=0 and min_per_second=0 would refuse every retry; use attempts=1 instead")
         self.clock = clock
-        self.backend = backend if backend is not None else default_backend()
+        self.backend = resolve_backend(backend)
         self._guard = BackendGuard(telemetry.Pattern.RETRY_BUDGET, self.name, self.backend,
                                    on_backend_error)
         self._keys = [_keys.name_key(self.namespace, "rb", self.name)]

@@ -17,7 +17,8 @@ Rules the core applies after a failed attempt, in order:
 * ``attempts`` caps the attempts; ``deadline`` (seconds from the start of the first attempt) is
   never exceeded: a wait that would end past it ends the call instead;
 * the wait is ``wait(state)``, raised to the failure's Retry-After hint (capped at
-  ``max_retry_after``) when ``respect_retry_after``; test mode makes it zero;
+  ``max_retry_after``) when ``respect_retry_after``; test mode makes it zero (and its
+  ``attempts``, if set, replaces or caps ``attempts``: see :mod:`fintech_resilience.testing`);
 * the retry budget, if any, must grant the retry, else :class:`RetryBudgetExhausted`.
 
 Giving up re-raises the last exception, or raises :class:`RetryError` holding the last result
@@ -46,6 +47,7 @@ from tenacity import RetryCallState
 from ..core import telemetry
 from ..core.clock import SYSTEM_CLOCK, Clock
 from ..core.outcomes import Outcome
+from ..core.testmode import attempts_under_test, is_test_mode
 from ..errors import (
     CircuitOpen,
     ConfigurationError,
@@ -53,7 +55,6 @@ from ..errors import (
     RetryBudgetExhausted,
     RetryError,
 )
-from ..testing import is_test_mode
 from .backoff import full_jitter
 from .retry_after import default_retry_after, parse_retry_after
 
@@ -336,7 +337,8 @@ class Retry:
                     raise exc  # the request may have been sent: only a key makes a retry safe
             now = self.clock.monotonic()
             state.outcome_timestamp = now
-            if outcome.attempt >= self.attempts or (self.stop is not None and self.stop(state)):
+            if (outcome.attempt >= attempts_under_test(self.attempts)
+                    or (self.stop is not None and self.stop(state))):
                 return self._give_up(outcome)
             wait = self._wait(state, outcome)
             if call.deadline_at is not None and now + wait >= call.deadline_at:

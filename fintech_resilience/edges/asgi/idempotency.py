@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 from ...audit import log as _audit
 from ...errors import BackendUnavailable, ConfigurationError, IdempotencyKeyInvalid
 from ...idempotency.context import Claim
-from ...idempotency.record import StoredResponse, default_store_status
+from ...idempotency.record import default_store_status
 from ...idempotency.store import IdempotencyStore
 from ..asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ..http import (
@@ -25,12 +25,12 @@ from ..http import (
     key_invalid_problem,
     parse_idempotency_key,
     replay_header_names,
-    safe_asgi_headers,
     scope_missing_problem,
     send_answer,
     too_large_problem,
     unavailable_problem,
 )
+from .capture import ResponseCapture
 
 __all__ = ["IdempotencyEdge", "IdempotencyMiddleware"]
 
@@ -205,7 +205,6 @@ class IdempotencyMiddleware(IdempotencyEdge[ASGIApp, Scope]):
 
     async def _execute(self, scope: Scope, receive: Receive, send: Send, claim: Claim,
                        body: bytes) -> None:
-        store = self.store
         replayed = False
 
         async def receive_again() -> Message:
@@ -215,62 +214,11 @@ class IdempotencyMiddleware(IdempotencyEdge[ASGIApp, Scope]):
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        start: Message | None = None
-        chunks: list[bytes] = []
-        size = 0
-        streaming = False  # the body passed max_response_bytes: forwarded as it comes
-        finished = False
-
-        async def capture(message: Message) -> None:
-            nonlocal start, size, streaming, finished
-            kind = message["type"]
-            if kind == "http.response.start":
-                start = message
-                return
-            if kind != "http.response.body" or streaming or start is None:
-                await send(message)
-                return
-            chunk = message.get("body", b"")
-            more = message.get("more_body", False)
-            chunks.append(chunk)
-            size += len(chunk)
-            if not more:
-                finished = True
-                return
-            if size > self.max_response_bytes:
-                # too large to store: settle the key now, then stream the rest
-                streaming = True
-                await self._settle(claim, start, b"", replayable=False)
-                await send(start)
-                await send({"type": "http.response.body", "body": b"".join(chunks),
-                            "more_body": True})
-                chunks.clear()
-
+        capture = ResponseCapture(self, claim, send)
         try:
-            async with store.aholding(claim):
-                await self.app(scope, receive_again, capture)
+            async with self.store.aholding(claim):
+                await self.app(scope, receive_again, capture.send)
         except BaseException:
-            if not streaming:
-                await store.arelease(claim)
+            await capture.fail()
             raise
-        if streaming:
-            return
-        if start is None or not finished:
-            await store.arelease(claim)
-            return
-        data = b"".join(chunks)
-        await self._settle(claim, start, data, replayable=size <= self.max_response_bytes)
-        await send(start)
-        await send({"type": "http.response.body", "body": data, "more_body": False})
-
-    async def _settle(self, claim: Claim, start: Message, body: bytes, *,
-                      replayable: bool) -> None:
-        """Complete (stored status) or release (anything else) the key, before the response
-        goes out."""
-        status = int(start["status"])
-        if not self.store_status(status):
-            await self.store.arelease(claim)
-            return
-        headers = safe_asgi_headers(start.get("headers", ()), self.replay_header_names)
-        await self.store.acomplete(claim, StoredResponse(
-            "http", status, headers, body if replayable else b"", replayable))
+        await capture.finish()

@@ -7,23 +7,18 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ...audit import log as _audit
-from ...errors import BackendUnavailable, IdempotencyKeyInvalid
+from ...errors import BackendUnavailable
 from ...idempotency.context import Claim
 from ...idempotency.record import StoredResponse
 from ...idempotency.store import IdempotencyStore
 from ..asgi.idempotency import IdempotencyEdge
+from ..claims import PreparedClaim, claimed, prepare_claim
 from ..http import (
     HttpAnswer,
-    claim_answer,
     declared_length,
     invalid_length_problem,
-    key_invalid_problem,
-    parse_idempotency_key,
     safe_headers,
-    scope_missing_problem,
     start_answer,
-    too_large_problem,
     unavailable_problem,
 )
 
@@ -50,37 +45,18 @@ def open_claim(store: IdempotencyStore, *, method: str, raw_key: str | None, req
     ``read_body`` returns the body, None when it is above ``max_body_bytes``, or an answer (a
     malformed Content-Length).
     """
+    prepared = prepare_claim(
+        store, method=method, raw_keys=[] if raw_key is None else [raw_key], required=required,
+        principal_of=principal_of, path=path, query=query, read_body=read_body,
+        max_body_bytes=max_body_bytes, base=base)
+    if not isinstance(prepared, PreparedClaim):
+        return prepared
     try:
-        key = parse_idempotency_key([] if raw_key is None else [raw_key])
-    except IdempotencyKeyInvalid as exc:
-        return key_invalid_problem(exc, missing=False, base=base)
-    if key is None:
-        if required:
-            return key_invalid_problem(IdempotencyKeyInvalid("missing"), missing=True, base=base)
-        return None
-    principal = principal_of()
-    if principal is None or principal == "":
-        logger.error("IdempotencyMiddleware: the scope callable found no principal; install"
-                     " it inside the authentication middleware")
-        return scope_missing_problem(base=base)
-    body = read_body()
-    if body is None:
-        return too_large_problem(max_body_bytes, base=base)
-    if isinstance(body, HttpAnswer):
-        return body
-    record = store.record_key(key, scope=principal, method=method, route=path)
-    fingerprint = store.fingerprint(method, path, query, body)
-    try:
-        if _audit.resolve(store.audit_log) is None:
-            claim = store.claim(record, fingerprint)
-        else:  # audited: who (the scope's principal) and from where (the TCP peer)
-            claim = store.claim(record, fingerprint, principal=str(principal),
-                                origination=origination)
+        claim = store.claim(prepared.record, prepared.fingerprint,
+                            **prepared.audit_fields(store, origination))
     except BackendUnavailable:
         return unavailable_problem(store.unavailable_retry_after, base=base)
-    answer = claim_answer(claim.outcome, retry_after=claim.retry_after, stored=claim.response,
-                          base=base)
-    return claim if answer is None else answer
+    return claimed(claim, base)
 
 
 def finish_claim(store: IdempotencyStore, claim: Claim, status: int,
