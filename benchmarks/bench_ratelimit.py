@@ -11,7 +11,7 @@ a. Redis, sync: ``RateLimiter.acquire`` vs bare redis-py ``evalsha`` of a two-co
 b. memory: GCRA ``acquire`` vs ``limits`` ``FixedWindowRateLimiter(MemoryStorage()).hit``.
                                                                                  goal <= 0.35 x
 c. telemetry without an OpenTelemetry SDK: a memory decision vs the same decision with its
-   telemetry check removed (``RateLimiter.acquire`` recompiled from its own source without
+   telemetry check removed (``RateLimiter._decide`` recompiled from its own source without
    the check, in a subclass).                                                   goal <= 1.03 x
    With an SDK configured (tracer + meter provider, in-memory readers): reported only.
 d. 50 asyncio tasks deciding on Redis, each in a loop (as 50 request handlers or consumers do):
@@ -61,18 +61,17 @@ TASKS = 50
 
 
 def without_telemetry_check() -> type[RateLimiter]:
-    """A RateLimiter whose ``acquire`` is its own source minus the telemetry check of an
-    admitted memory decision: the reference of case c, so the difference is exactly what the
-    check costs."""
-    lines = textwrap.dedent(inspect.getsource(RateLimiter.acquire)).splitlines()
-    at = next(i for i, line in enumerate(lines) if "_TRACER_PROVIDER" in line)
+    """A RateLimiter whose ``_decide`` is its own source minus the telemetry check: the
+    reference of case c, so the difference is exactly what the check costs."""
+    lines = textwrap.dedent(inspect.getsource(RateLimiter._decide)).splitlines()
+    at = next(i for i, line in enumerate(lines) if "telemetry.active()" in line)
     if "self._emit(" not in lines[at + 1] or "return decision" not in lines[at + 2]:
-        raise SystemExit("RateLimiter.acquire changed shape: update without_telemetry_check")
+        raise SystemExit("RateLimiter._decide changed shape: update without_telemetry_check")
     del lines[at:at + 2]
     namespace: dict[str, Any] = {}
-    exec(compile("\n".join(lines), "<acquire without the telemetry check>", "exec"),
+    exec(compile("\n".join(lines), "<_decide without the telemetry check>", "exec"),
          vars(ratelimit_module), namespace)
-    return type("UncheckedRateLimiter", (RateLimiter,), {"acquire": namespace["acquire"]})
+    return type("UncheckedRateLimiter", (RateLimiter,), {"_decide": namespace["_decide"]})
 
 
 def per_call_us(fn: Callable[[], Any], n: int) -> float:
@@ -174,7 +173,7 @@ async def async_cases(url: str, rounds: int) -> list[Case]:
     client = redis.asyncio.Redis.from_url(url)
     sha, source = script(ours._script)  # the very script our decisions run
     await client.script_load(source)
-    tail = ours._args_tail  # the arguments exactly as our decisions send them
+    tail = ours.spec.parameters  # the limits exactly as our decisions send them
     counter = iter(range(10**9))
 
     async def one_evalsha() -> Any:
