@@ -9,9 +9,10 @@ Middleware (sync and async capable)::
         "BACKEND": "redis://redis:6379/0",        # or a Backend object; default: memory
         "TRUSTED_PROXIES": ["10.0.0.0/8"],         # for the default key function
         "RATE_LIMIT": {
-            "LIMITS": "100/minute",                # every request (optional when RULES given)
+            "LIMITS": "100/minute",                # every request (optional when RULES given);
+                                                   # or "myapp.plans.limits" (per request)
             "RULES": [{"LIMITS": "5/second", "NAME": "payments", "PATH": "/payments",
-                       "METHODS": ["POST"]}],
+                       "METHODS": ["POST"], "COUNT_WHEN": "myapp.limits.declined"}],
             "EXEMPT_PATHS": ["/healthz"],
             "KEY": "myapp.keys.merchant",          # dotted path or callable(request); optional
             "HEADERS": True, "HEADERS_ON_ALLOWED": True, "SHADOW": False,
@@ -48,7 +49,14 @@ from rest_framework.throttling import BaseThrottle  # type: ignore[import-untype
 
 from .backends.base import Backend
 from .edges.http import PROBLEM_BASE, SAFE_REPLAY_HEADERS, HttpAnswer
-from .edges.ratelimit_http import RateLimitCore, Rule, Verdict
+from .edges.ratelimit_http import (
+    CountWhen,
+    LimitsFunc,
+    RateLimitCore,
+    Rule,
+    Verdict,
+    limits_from_requests,
+)
 from .edges.wsgi.idempotency import finish_claim, open_claim
 from .errors import ConfigurationError
 from .keys import ClientKey, principal_or_ip
@@ -60,6 +68,10 @@ _lock = threading.Lock()
 _backends: dict[str, Backend] = {}
 _DRF_UNITS = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
 _DRF_RATE = re.compile(r"^\s*(\d+)\s*/\s*([smhd])[a-z]*\s*$")
+#: a dotted path to a callable ("myapp.plans.limits"); a rate never looks like one
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+#: limiters the DRF throttle keeps (per scope, rate and backend); forgotten all at once beyond
+_MAX_THROTTLE_LIMITERS = 256
 
 
 def _config() -> Mapping[str, Any]:
@@ -108,6 +120,32 @@ def _default_key(config: Mapping[str, Any]) -> ClientKey:
     return key
 
 
+def _callable(value: Any, what: str) -> Callable[..., Any]:
+    found = import_string(value) if isinstance(value, str) else value
+    if not callable(found):
+        raise ConfigurationError(f"{what} is a dotted path to, or a callable")
+    return found  # type: ignore[no-any-return]
+
+
+def _limits(value: Any, name: str, common: Mapping[str, Any]
+            ) -> tuple[RateLimiter, LimitsFunc | None]:
+    """A rule's limiter: ``LIMITS`` is a rate (``"10/second"``, ``"10/s"``), or a dotted path
+    to (or a) ``callable(request) -> rate | None`` resolved per request."""
+    if callable(value) or (isinstance(value, str) and _DOTTED.match(value)):
+        per_request = _callable(value, "LIMITS")
+        return RateLimiter(limits_from_requests, name=name, **common), (
+            lambda request: _drf_limits(per_request(request)))
+    return RateLimiter(drf_rate(value), name=name, **common), None
+
+
+def _drf_limits(value: Any) -> Any:
+    return drf_rate(value) if isinstance(value, str) else value
+
+
+def _count_when(value: Any) -> CountWhen | None:
+    return None if value is None else _callable(value, "COUNT_WHEN")
+
+
 def drf_rate(rate: str) -> str:
     """A DRF rate (``"10/s"``, ``"100/min"``, ``"5/hour"``) in ``limits`` notation."""
     match = _DRF_RATE.match(rate)
@@ -125,23 +163,25 @@ def core_from_settings() -> RateLimitCore:
               "algorithm": section.get("ALGORITHM", "gcra")}
     rules = []
     for spec in section.get("RULES", ()):
-        rule_limiter = RateLimiter(drf_rate(spec["LIMITS"]), name=spec.get("NAME", "default"),
-                                   **common)
+        rule_limiter, per_request = _limits(spec["LIMITS"], spec.get("NAME", "default"), common)
         path = spec.get("PATH")  # a prefix, or a regular expression when it starts with "^"
         rules.append(Rule(rule_limiter, methods=spec.get("METHODS"),
                           path=re.compile(path) if isinstance(path, str)
                           and path.startswith("^") else path,
                           key=_key(spec["KEY"], config) if spec.get("KEY") else None,
-                          cost=spec.get("COST", 1)))
+                          cost=spec.get("COST", 1), limits=per_request,
+                          count_when=_count_when(spec.get("COUNT_WHEN"))))
     limits = section.get("LIMITS")
-    limiter = (RateLimiter(drf_rate(limits), name=section.get("NAME", "django"), **common)
-               if limits else None)
+    limiter, per_request = (_limits(limits, section.get("NAME", "django"), common) if limits
+                            else (None, None))
     if limiter is None and not rules:
         raise ConfigurationError(
             "fintech_resilience.django.RateLimitMiddleware needs FINTECH_RESILIENCE = "
             "{'RATE_LIMIT': {'LIMITS': '100/minute'}} (or 'RULES') in settings"
         )
     return RateLimitCore(limiter, rules=rules, key=_key(section.get("KEY"), config),
+                         limits=per_request,
+                         count_when=_count_when(section.get("COUNT_WHEN")) if limiter else None,
                          exempt_paths=section.get("EXEMPT_PATHS", ()),
                          headers=section.get("HEADERS", True),
                          headers_on_allowed=section.get("HEADERS_ON_ALLOWED", True),
@@ -179,7 +219,9 @@ class RateLimitMiddleware:
         if not verdict.allowed:
             return _refusal(verdict)
         response = self.get_response(request)
-        for name, value in verdict.headers:
+        fields = (self.core.settle(verdict, response.status_code) if verdict.counted
+                  else verdict.headers)
+        for name, value in fields:
             response[name] = value
         return response
 
@@ -192,7 +234,9 @@ class RateLimitMiddleware:
             return _refusal(verdict)
         get_response: Callable[[HttpRequest], Awaitable[HttpResponse]] = self.get_response
         response = await get_response(request)
-        for name, value in verdict.headers:
+        fields = (await self.core.asettle(verdict, response.status_code) if verdict.counted
+                  else verdict.headers)
+        for name, value in fields:
             response[name] = value
         return response
 
@@ -308,7 +352,8 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
     under the view's ``throttle_scope`` (else the class's ``scope``, default ``"default"``), or
     from a subclass's ``rate``. DRF rate notation (``"10/s"``, ``"100/min"``) and ``limits``
     notation (``"10/second; 1000/day"``) both work. The backend and trusted proxies come from
-    ``settings.FINTECH_RESILIENCE``. Override :meth:`get_key` to key differently.
+    ``settings.FINTECH_RESILIENCE``. Override :meth:`get_key` to key differently, and
+    :meth:`get_limits` for limits per request (per plan).
     """
 
     scope: str | None = None
@@ -332,6 +377,12 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
         rates: Mapping[str, str] = api_settings.DEFAULT_THROTTLE_RATES or {}
         return rates.get(scope)
 
+    def get_limits(self, request: Any, view: Any) -> str | None:
+        """This request's rate (``None``: not throttled). Default: :meth:`get_rate` of the
+        view's scope; override it for per-plan limits, e.g. ``return PLANS[request.user.plan]``
+        (DRF or ``limits`` notation)."""
+        return self.get_rate(self.get_scope(view))
+
     def get_key(self, request: Any, view: Any) -> Any:
         """The key: ``request.user`` first, else the client IP behind trusted proxies."""
         return _default_key(_config())(request)
@@ -347,12 +398,14 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
                 if limiter is None:
                     limiter = RateLimiter(drf_rate(rate), name=f"drf.{scope}"[:64],
                                           backend=backend)
+                    if len(self._limiters) >= _MAX_THROTTLE_LIMITERS:  # rates per request
+                        self._limiters.clear()
                     self._limiters[cache_key] = limiter
         return limiter
 
     def allow_request(self, request: Any, view: Any) -> bool:
         scope = self.get_scope(view)
-        rate = self.get_rate(scope)
+        rate = self.get_limits(request, view)
         if rate is None:
             return True
         key = self.get_key(request, view)

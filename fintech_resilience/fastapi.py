@@ -35,10 +35,17 @@ from fastapi import FastAPI, HTTPException, Request, Response
 
 from .backends.base import Backend, OnBackendError
 from .edges.asgi.idempotency import IdempotencyMiddleware
-from .edges.ratelimit_http import KeyFunc, RateLimitCore, Verdict
+from .edges.ratelimit_http import (
+    KeyFunc,
+    LimitsFunc,
+    RateLimitCore,
+    Verdict,
+    limits_from_requests,
+)
 from .errors import ConfigurationError
 from .idempotency.store import IdempotencyContext, IdempotencyStore, current_idempotency
 from .ratelimit.limiter import Algorithm, Decision, RateLimiter
+from .ratelimit.specs import LimitsArg
 
 __all__ = ["RateLimit", "RateLimitExceeded", "idempotency_context", "install",
            "install_idempotency"]
@@ -89,8 +96,10 @@ def _route_name(request: Request) -> str:
 class RateLimit:
     """A FastAPI dependency: ``Depends(RateLimit("5/second", key=...))``.
 
-    :param limits: ``"5/second"``, ``"10/second; 1000/day"``, or a ready
-        :class:`~fintech_resilience.RateLimiter` (shared wherever this dependency is used).
+    :param limits: ``"5/second"``, ``"10/second; 1000/day"``, a ready
+        :class:`~fintech_resilience.RateLimiter` (shared wherever this dependency is used), or
+        a ``callable(request) -> rate string | None`` resolved per request (per-plan limits,
+        as slowapi's dynamic limits; None: this request is not limited).
     :param key: ``callable(request) -> key | None``; default
         :func:`fintech_resilience.keys.principal_or_ip` (the TCP peer; configure
         ``trusted_proxies`` behind a load balancer). ``None`` means "not limited".
@@ -103,14 +112,21 @@ class RateLimit:
 
     The dependency returns the :class:`~fintech_resilience.Decision` (``None`` if not limited),
     so ``decision: Decision | None = Depends(limit)`` exposes it to the endpoint.
+
+    A dependency cannot see the response, so counting only some responses (``count_when``) is
+    the ASGI middleware's: ``app.add_middleware(RateLimitMiddleware, rules=[Rule(...,
+    count_when=...)])``.
     """
 
-    def __init__(self, limits: str | RateLimiter, *, key: KeyFunc | None = None,
+    def __init__(self, limits: str | RateLimiter | LimitsFunc, *, key: KeyFunc | None = None,
                  cost: int | Callable[[Any], int] = 1, name: str | None = None,
                  backend: Backend | None = None, algorithm: Algorithm = "gcra",
                  on_backend_error: OnBackendError = "local", clock: Any = None,
                  headers: bool = True, headers_on_allowed: bool = True,
                  shadow: bool = False) -> None:
+        per_request: LimitsFunc | None = None
+        #: the limits of each RateLimiter made here (per request: each passes its own)
+        self._own: str | Callable[[object], LimitsArg] = limits_from_requests
         if isinstance(limits, RateLimiter):
             if name is not None or backend is not None:
                 raise ConfigurationError(
@@ -119,7 +135,11 @@ class RateLimit:
                 )
             self._fixed: RateLimiter | None = limits
         else:
-            probe = RateLimiter(limits, backend=backend, algorithm=algorithm,
+            if callable(limits):
+                per_request = limits
+            else:
+                self._own = limits
+            probe = RateLimiter(self._own, backend=backend, algorithm=algorithm,
                                 name=name or "probe", on_backend_error=on_backend_error,
                                 clock=clock)  # validates everything once, here
             self._fixed = probe if name is not None else None
@@ -128,7 +148,7 @@ class RateLimit:
             "backend": backend, "algorithm": algorithm, "on_backend_error": on_backend_error,
             "clock": clock}
         self._core_options: dict[str, Any] = {
-            "key": key, "cost": cost, "headers": headers,
+            "key": key, "cost": cost, "limits": per_request, "headers": headers,
             "headers_on_allowed": headers_on_allowed, "shadow": shadow}
         self._cores: dict[str, RateLimitCore] = {}
         if self._fixed is not None:
@@ -140,7 +160,7 @@ class RateLimit:
         route = _route_name(request)
         core = self._cores.get(route)
         if core is None:
-            limiter = RateLimiter(self._spec, name=route, **self._options)  # type: ignore[arg-type]
+            limiter = RateLimiter(self._own, name=route, **self._options)
             core = self._cores.setdefault(route, RateLimitCore(limiter, **self._core_options))
         return core
 
