@@ -23,7 +23,14 @@ from .decision import Decision, LimitSpec, LimitStatus
 from .rates import check_cost
 from .specs import KeyArg, Limits, LimitsArg
 
-__all__ = ["Accounting"]
+__all__ = ["Accounting", "reset_record"]
+
+
+def reset_record(limiter: str, actor: str | None, key: KeyArg) -> dict[str, Any]:
+    """The fields of the ``operator.override`` audit record of a reset: the limiter, who acted
+    and the key's hash (never the key: it may be a card fingerprint or an address)."""
+    return {"resource": f"ratelimit:{limiter}", "principal": actor or "operator",
+            "details": {"action": "reset", "key_hash": storage_keys.digest(key)}}
 
 
 class Accounting:
@@ -42,6 +49,10 @@ class Accounting:
 
     def _now(self) -> int:
         """The time sent with a call, in microseconds; 0 for the backend's (RateLimiter's)."""
+        raise NotImplementedError
+
+    def storage_keys(self, key: KeyArg, *, limits: LimitsArg | None = None) -> list[str]:
+        """Where ``key``'s state is stored (RateLimiter's)."""
         raise NotImplementedError
 
     def _adjust_call(self, mode: str, key: KeyArg, cost: int,
@@ -117,11 +128,7 @@ class Accounting:
         return (await self.apeek(key, limits=limits)).limits
 
     def _reset_call(self, key: KeyArg, limits: LimitsArg | None) -> tuple[list[str], tuple[int]]:
-        return self._applied(key, limits).storage_keys(key), (self._now(),)
-
-    def _reset_record(self, actor: str | None, key: KeyArg) -> dict[str, Any]:
-        return {"resource": f"ratelimit:{self.name}", "principal": actor or "operator",
-                "details": {"action": "reset", "key_hash": storage_keys.digest(key)}}
+        return self.storage_keys(key, limits=limits), (self._now(),)
 
     def reset(self, key: KeyArg, *, limits: LimitsArg | None = None,
               actor: str | None = None) -> None:
@@ -137,7 +144,7 @@ class Accounting:
         self.backend.run("ratelimit_reset", keys, args)
         log = _audit.resolve(self.audit)
         if log is not None:
-            log.record(_audit.EventType.OPERATOR_OVERRIDE, **self._reset_record(actor, key))
+            log.record(_audit.EventType.OPERATOR_OVERRIDE, **reset_record(self.name, actor, key))
 
     async def areset(self, key: KeyArg, *, limits: LimitsArg | None = None,
                      actor: str | None = None) -> None:
@@ -147,4 +154,4 @@ class Accounting:
         log = _audit.resolve(self.audit)
         if log is not None:
             await log.arecord(_audit.EventType.OPERATOR_OVERRIDE,
-                              **self._reset_record(actor, key))
+                              **reset_record(self.name, actor, key))

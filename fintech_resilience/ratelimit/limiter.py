@@ -176,6 +176,12 @@ class RateLimiter(Accounting):
             )
         return self._specs.get(resolved)
 
+    def storage_keys(self, key: KeyArg, *, limits: LimitsArg | None = None) -> list[str]:
+        """Where ``key``'s state is stored, one key per limit:
+        ``<namespace>:rl.<algorithm>:{<name>:<digest>}:<window seconds>`` (the key is hashed,
+        never stored as given) - what :meth:`reset` forgets."""
+        return self._applied(key, limits).storage_keys(key)
+
     def _now(self) -> int:
         """The time sent with a call: 0 (the backend's clock) or the limiter's clock, in us."""
         return 0 if self.clock is None else round(self.clock.time() * 1_000_000)
