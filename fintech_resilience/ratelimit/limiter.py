@@ -106,9 +106,9 @@ class RateLimiter(Accounting):
         self._run = self._guard.bind(self._script)
         self._kind = f"rl.{algorithm}"
         self._specs = LimitsCache(self._build)
-        #: the fixed Limits, or the callable of the key; replaced whole by set_limits, so a
-        #: decision reads one consistent value without a lock
-        self._current: Limits | LimitsOfKey = self._prepare(limits)
+        self._current: Limits | LimitsOfKey
+        self._fixed: Limits | None
+        self.set_limits(limits)
 
     # -- limits ------------------------------------------------------------------------------------
     def _build(self, rates: tuple[Rate, ...], cache_size: int) -> Limits:
@@ -129,7 +129,13 @@ class RateLimiter(Accounting):
         its debt (the time its bucket needs to refill), a window keeps its count; see
         ``docs/ratelimit.md`` ("Limits per plan, and changing them").
         """
-        self._current = self._prepare(limits)
+        prepared = self._prepare(limits)
+        # _current is the truth, one value replaced whole: a decision reads it without a lock.
+        # _fixed is _current when that is a Limits (else None), for acquire's usual path; it is
+        # written second, so a decision that finds it None and reads _current finds the new
+        # limits or the previous ones, never a mix
+        self._current = prepared
+        self._fixed = prepared if isinstance(prepared, Limits) else None
 
     @property
     def rates(self) -> tuple[Rate, ...]:
@@ -242,7 +248,9 @@ class RateLimiter(Accounting):
         return await await_(patience, await self.aacquire(key, cost, limits=limits),
                             lambda: self.aacquire(key, cost, limits=limits), self._sleeper)
 
-    def acquire(self, key: KeyArg, cost: int = 1, *, limits: LimitsArg | None = None,
+    # limits and max_wait are not keyword-only: the usual call, acquire(key), then fills its
+    # defaults from a tuple rather than looking each keyword-only default up in a dict
+    def acquire(self, key: KeyArg, cost: int = 1, limits: LimitsArg | None = None,
                 max_wait: float = 0.0) -> Decision:
         """Decide for ``key`` and, if admitted, consume ``cost`` from every limit.
 
@@ -253,19 +261,19 @@ class RateLimiter(Accounting):
         """
         if max_wait:
             return self._acquire_waiting(key, cost, limits, max_wait)
-        applied = self._current
-        if limits is not None or not isinstance(applied, Limits):
+        applied = self._fixed
+        if applied is None or limits is not None:
             applied = self._applied(key, limits)
         keys = applied.known_keys.get(key) or applied.storage_keys(key)  # type: ignore[arg-type]
         return self._decide(self._run(keys, self._args(applied, cost)), applied.spec, cost)
 
-    async def aacquire(self, key: KeyArg, cost: int = 1, *, limits: LimitsArg | None = None,
+    async def aacquire(self, key: KeyArg, cost: int = 1, limits: LimitsArg | None = None,
                        max_wait: float = 0.0) -> Decision:
         """Async twin of :meth:`acquire` (a wait sleeps with the clock's ``asleep``)."""
         if max_wait:
             return await self._aacquire_waiting(key, cost, limits, max_wait)
-        applied = self._current
-        if limits is not None or not isinstance(applied, Limits):
+        applied = self._fixed
+        if applied is None or limits is not None:
             applied = self._applied(key, limits)
         keys = applied.known_keys.get(key) or applied.storage_keys(key)  # type: ignore[arg-type]
         args = self._args(applied, cost)
