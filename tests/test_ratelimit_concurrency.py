@@ -76,9 +76,10 @@ def hammer(backend: Backend, spec: str, algorithm: str, start: float, threads: i
     return out
 
 
-def process_main(url: str, spec: str, algorithm: str, start: float, queue) -> None:
+def process_main(url: str, spec: str, algorithm: str, starts, queue) -> None:
     backend = RedisBackend.from_url(url, timeout=2.0)
-    queue.put(hammer(backend, spec, algorithm, start, THREADS))
+    queue.put("ready")  # imported and connected: the run can be scheduled
+    queue.put(hammer(backend, spec, algorithm, starts.get(timeout=120), THREADS))
     backend.close()
 
 
@@ -112,14 +113,19 @@ def check_gcra(records, rate: float, burst: int) -> None:
 
 def run_processes(url: str, spec: str, algorithm: str) -> list:
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    # interpreters start first, then all hammer together from 0.3 s before a whole second, so
-    # the run covers one whole window with a margin on both sides
-    start = math.ceil(time.time()) + 3.0 - 0.3
-    procs = [ctx.Process(target=process_main, args=(url, spec, algorithm, start, queue))
+    queue, starts = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=process_main, args=(url, spec, algorithm, starts, queue))
              for _ in range(PROCESSES)]
     for p in procs:
         p.start()
+    # the interpreters start first (seconds on a loaded machine); once all are ready they
+    # hammer together from 0.3 s before a whole second, so the run covers one whole window
+    # with a margin on both sides
+    for _ in procs:
+        assert queue.get(timeout=120) == "ready"
+    start = math.ceil(time.time()) + 1.0 - 0.3
+    for _ in procs:
+        starts.put(start)
     records = []
     for _ in procs:
         records.extend(queue.get(timeout=60))
