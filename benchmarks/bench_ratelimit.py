@@ -10,6 +10,8 @@ a. Redis, sync: ``RateLimiter.acquire`` vs bare redis-py ``evalsha`` of a two-co
    (``GET`` + ``SET PX``), the floor of one round trip.                         goal <= 1.10 x
 b. memory: GCRA ``acquire`` vs ``limits`` ``FixedWindowRateLimiter(MemoryStorage()).hit``.
                                                                                  goal <= 0.35 x
+b'. memory: limits per key (``RateLimiter(callable_of_key)``, the per-plan case: a call of the
+   callable and a lookup of its string's parsed limits) vs the same limits fixed.     reported
 c. telemetry without an OpenTelemetry SDK: a memory decision vs the same decision with
    ``telemetry.active`` replaced by a C builtin that answers False (what the check costs).
                                                                                  reported
@@ -153,19 +155,23 @@ def sync_cases(url: str, rounds: int) -> list[Case]:
 
     a = Case("a. redis sync decision / bare evalsha (2 commands)", "<= 1.10")
     b = Case("b. memory GCRA / limits fixed-window hit", "<= 0.35")
+    plans = {"k": LIMIT}
+    per_plan = RateLimiter(lambda key: plans[key], backend=MemoryBackend(), name="bench")
+    dynamic = Case("b'. memory, limits per key (callable) / fixed limits", "report")
     c = Case("c. memory decision, telemetry check / check removed", "report")
     e = Case("e. OTel no-op span (no SDK) / memory decision", "report")
     for _ in range(rounds):
         a.ours.append(per_call_us(lambda: red.acquire("k"), 2_000))
         a.ref.append(per_call_us(lambda: client.evalsha(two, 1, "{bench}k", 1), 2_000))
         paired(b, lambda: mem.acquire("k"), lambda: peer.hit(item, "k"))
+        paired(dynamic, lambda: per_plan.acquire("k"), lambda: mem.acquire("k"))
         paired(c, lambda: mem.acquire("k"), lambda: mem.acquire("k"),
                ref_context=telemetry_check_removed)
         e.ours.append(per_call_us(noop_span, 20_000))
         e.ref.append(per_call_us(lambda: mem.acquire("k"), 20_000))
     red.backend.close()
     client.close()
-    return [a, b, c, e]
+    return [a, b, dynamic, c, e]
 
 
 async def async_cases(url: str, rounds: int) -> list[Case]:
@@ -226,7 +232,7 @@ def main() -> None:
     server = servers.RedisServer()
     try:
         cases = sync_cases(server.url, opts.rounds)
-        cases[3:3] = asyncio.run(async_cases(server.url, opts.rounds))
+        cases[4:4] = asyncio.run(async_cases(server.url, opts.rounds))
     finally:
         server.stop()
     cases.append(sdk_case(opts.rounds))

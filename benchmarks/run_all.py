@@ -101,7 +101,8 @@ def _idempotency(out: str) -> list[Ratio]:
 def _ratelimit(out: str) -> list[Ratio]:
     start = out.find("{")
     data = json.loads(out[start:])
-    peers = {"a.": "bare redis-py EVALSHA", "b.": "limits (memory)", "c.": "check removed",
+    peers = {"a.": "bare redis-py EVALSHA", "b.": "limits (memory)", "b'": "fixed limits",
+             "c.": "check removed",
              "c'": "no SDK", "d.": "redis.asyncio, one EVALSHA each", "d'": "redis.asyncio, one EVALSHA each",
              "e.": "a no-op span"}
     return [Ratio("ratelimit", row["case"], peers.get(row["case"][:2], "reference"),

@@ -54,13 +54,20 @@ from .edges.asgi.idempotency import DEFAULT_MAX_BODY, IdempotencyMiddleware
 from .edges.asgi.route_idempotency import SLOT as ROUTE_SLOT
 from .edges.asgi.route_idempotency import RouteClaim, RouteClaimsMiddleware, RouteIdempotency
 from .edges.http import SAFE_REPLAY_HEADERS, HttpAnswer
-from .edges.ratelimit_http import KeyFunc, RateLimitCore, Verdict
+from .edges.ratelimit_http import (
+    KeyFunc,
+    LimitsFunc,
+    RateLimitCore,
+    Verdict,
+    limits_from_requests,
+)
 from .errors import ConfigurationError
 from .idempotency.context import IdempotencyContext, current_idempotency
 from .idempotency.record import default_store_status
 from .idempotency.store import IdempotencyStore
 from .keys import principal_or_ip
 from .ratelimit.limiter import Algorithm, Decision, RateLimiter
+from .ratelimit.specs import LimitsArg
 
 __all__ = ["Idempotent", "RateLimit", "RateLimitExceeded", "idempotency_context", "install",
            "install_idempotency"]
@@ -170,8 +177,10 @@ def _route_name(request: Request) -> str:
 class RateLimit:
     """A FastAPI dependency: ``Depends(RateLimit("5/second", key=...))``.
 
-    :param limits: ``"5/second"``, ``"10/second; 1000/day"``, or a ready
-        :class:`~fintech_resilience.RateLimiter` (shared wherever this dependency is used).
+    :param limits: ``"5/second"``, ``"10/second; 1000/day"``, a ready
+        :class:`~fintech_resilience.RateLimiter` (shared wherever this dependency is used), or
+        a ``callable(request) -> rate string | None`` resolved per request (per-plan limits,
+        as slowapi's dynamic limits; None: this request is not limited).
     :param key: ``callable(request) -> key | None``; default the app's (:func:`install`), else
         :func:`fintech_resilience.keys.principal_or_ip` (the TCP peer; configure
         ``trusted_proxies`` behind a load balancer). ``None`` means "not limited".
@@ -186,14 +195,21 @@ class RateLimit:
 
     The dependency returns the :class:`~fintech_resilience.Decision` (``None`` if not limited),
     so ``decision: Decision | None = Depends(limit)`` exposes it to the endpoint.
+
+    A dependency cannot see the response, so counting only some responses (``count_when``) is
+    the ASGI middleware's: ``app.add_middleware(RateLimitMiddleware, rules=[Rule(...,
+    count_when=...)])``.
     """
 
-    def __init__(self, limits: str | RateLimiter, *, key: KeyFunc | None = None,
+    def __init__(self, limits: str | RateLimiter | LimitsFunc, *, key: KeyFunc | None = None,
                  cost: int | Callable[[Any], int] = 1, name: str | None = None,
                  backend: BackendSpec = None, algorithm: Algorithm = "gcra",
                  on_backend_error: OnBackendError = "local", clock: Any = None,
                  headers: bool = True, headers_on_allowed: bool = True,
                  shadow: bool = False) -> None:
+        per_request: LimitsFunc | None = None
+        #: the limits of each RateLimiter made here (per request: each passes its own)
+        self._own: str | Callable[[object], LimitsArg] = limits_from_requests
         if isinstance(limits, RateLimiter):
             if name is not None or backend is not None:
                 raise ConfigurationError(
@@ -203,7 +219,11 @@ class RateLimit:
             self._limiter: RateLimiter | None = limits
         else:
             self._limiter = None
-            RateLimiter(limits, backend=MemoryBackend(), algorithm=algorithm,
+            if callable(limits):
+                per_request = limits
+            else:
+                self._own = limits
+            RateLimiter(self._own, backend=MemoryBackend(), algorithm=algorithm,
                         name=name or "probe", on_backend_error=on_backend_error,
                         clock=clock)  # validates everything once, here
         self._spec = limits
@@ -213,16 +233,15 @@ class RateLimit:
             "algorithm": algorithm, "on_backend_error": on_backend_error, "clock": clock}
         self._key = key
         self._core_options: dict[str, Any] = {
-            "cost": cost, "headers": headers, "headers_on_allowed": headers_on_allowed,
-            "shadow": shadow}
+            "cost": cost, "limits": per_request, "headers": headers,
+            "headers_on_allowed": headers_on_allowed, "shadow": shadow}
 
     def _core(self, request: Request, state: _AppState) -> RateLimitCore:
         route = self._name or _route_name(request)
         core = state.cores.get((self, route))
         if core is None:
             limiter = self._limiter or RateLimiter(
-                self._spec, name=route,  # type: ignore[arg-type]
-                backend=self._backend or state.backend, **self._options)
+                self._own, name=route, backend=self._backend or state.backend, **self._options)
             core = state.cores.setdefault((self, route), RateLimitCore(
                 limiter, key=self._key or state.key, **self._core_options))
         return core

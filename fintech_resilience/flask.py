@@ -45,7 +45,15 @@ from .config.build import build_backend, default_key, idempotency_options, rate_
 from .config.check import check_config
 from .config.schema import Config, RateLimitConfig
 from .core.storage_keys import validate_name
-from .edges.ratelimit_http import KeyFunc, RateLimitCore, Rule, Verdict
+from .edges.ratelimit_http import (
+    CountWhen,
+    KeyFunc,
+    LimitsFunc,
+    RateLimitCore,
+    Rule,
+    Verdict,
+    limits_from_requests,
+)
 from .errors import ConfigurationError
 from .ratelimit.limiter import ALGORITHMS, Algorithm, RateLimiter
 from .ratelimit.rates import parse_limits
@@ -55,6 +63,7 @@ __all__ = ["Resilience"]
 F = TypeVar("F", bound=Callable[..., Any])
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _FIELDS = "_fintech_resilience_fields"
+_COUNTED = "_fintech_resilience_counted"
 
 
 def _view_name(view: Callable[..., Any]) -> str:
@@ -71,11 +80,12 @@ def _refusal(verdict: Verdict) -> Response:
 class _ViewLimit:
     """One ``@resilience.limit(...)``: what to build for each app the view is served by."""
 
-    limits: str | RateLimiter
+    limits: str | RateLimiter | LimitsFunc
     name: str
     key: KeyFunc | None
     cost: int | Callable[[Any], int]
     methods: Iterable[str] | None
+    count_when: CountWhen | None
 
 
 class _AppState:
@@ -93,11 +103,19 @@ class _AppState:
     def core(self, spec: _ViewLimit) -> RateLimitCore:
         core = self.cores.get(spec)
         if core is None:
-            limiter = spec.limits if isinstance(spec.limits, RateLimiter) else RateLimiter(
-                spec.limits, name=spec.name, backend=self.backend, clock=self.clock,
-                algorithm=self.section.algorithm,  # type: ignore[arg-type]
-                on_backend_error=self.section.on_backend_error)  # type: ignore[arg-type]
-            rule = Rule(limiter, methods=spec.methods, cost=spec.cost)
+            per_request: LimitsFunc | None = None
+            if isinstance(spec.limits, RateLimiter):
+                limiter = spec.limits
+            else:
+                own: Any = spec.limits
+                if callable(spec.limits):  # per request: the limiter takes each one's own
+                    per_request, own = spec.limits, limits_from_requests
+                limiter = RateLimiter(
+                    own, name=spec.name, backend=self.backend, clock=self.clock,
+                    algorithm=self.section.algorithm,  # type: ignore[arg-type]
+                    on_backend_error=self.section.on_backend_error)  # type: ignore[arg-type]
+            rule = Rule(limiter, methods=spec.methods, cost=spec.cost, limits=per_request,
+                        count_when=spec.count_when)
             core = self.cores.setdefault(spec, RateLimitCore(
                 rules=[rule], key=spec.key or self.key, headers=self.section.headers,
                 headers_on_allowed=self.section.headers_on_allowed, shadow=self.section.shadow))
@@ -116,7 +134,8 @@ class Resilience:
     :param key: ``callable(request) -> key | None`` for every limit (default
         :func:`fintech_resilience.keys.principal_or_ip`: the TCP peer; configure
         ``trusted_proxies`` behind a load balancer).
-    :param default_limits: a limit for every request of the app (``"100/minute"``), or None.
+    :param default_limits: a limit for every request of the app (``"100/minute"``), a
+        ``callable(request) -> rate string | None`` (per plan; None: not limited), or None.
     :param exempt_paths: path prefixes ``default_limits`` never applies to.
     :param headers, headers_on_allowed, shadow: as for the ASGI middleware (default True, True,
         False).
@@ -127,7 +146,8 @@ class Resilience:
     """
 
     def __init__(self, app: Flask | None = None, *, backend: BackendSpec = None,
-                 key: KeyFunc | None = None, default_limits: str | None = None,
+                 key: KeyFunc | None = None,
+                 default_limits: str | LimitsFunc | None = None,
                  exempt_paths: Iterable[str] | None = None, headers: bool | None = None,
                  headers_on_allowed: bool | None = None, shadow: bool | None = None,
                  algorithm: Algorithm | None = None,
@@ -136,7 +156,7 @@ class Resilience:
         if backend is not None:
             resolve_backend(backend, MemoryBackend)  # a bad URL or type fails here
         self._backend = backend
-        if default_limits is not None:
+        if isinstance(default_limits, str):
             parse_limits(default_limits)
         if algorithm is not None and algorithm not in ALGORITHMS:
             raise ConfigurationError(f"algorithm must be one of {ALGORITHMS}; got {algorithm!r}")
@@ -177,6 +197,7 @@ class Resilience:
         if default is not None:
             app.before_request(self._before)
         app.after_request(self._after)
+        app.teardown_request(self._teardown)
         if config.idempotency is not None:
             from .wsgi import IdempotencyMiddleware
 
@@ -208,12 +229,17 @@ class Resilience:
         verdict = core.check(request.method, request.path, request)
         if not verdict.allowed:
             return _refusal(verdict)
-        if verdict.headers:
+        if verdict.counted:
+            g.setdefault(_COUNTED, []).append((core, verdict))
+        elif verdict.headers:
             g.setdefault(_FIELDS, []).extend(verdict.headers)
         return None
 
     def _after(self, response: Response) -> Response:
         fields: list[tuple[str, str]] = g.pop(_FIELDS, [])
+        counted: list[tuple[RateLimitCore, Verdict]] = g.pop(_COUNTED, [])
+        for core, verdict in counted:  # count_when: the status is known now
+            fields.extend(core.settle(verdict, response.status_code))
         if fields:
             merged: dict[str, list[str]] = {}
             for name, value in fields:  # several limits: one List per field
@@ -223,33 +249,46 @@ class Resilience:
                 response.headers[name] = ", ".join([*values, existing] if existing else values)
         return response
 
+    def _teardown(self, exc: BaseException | None) -> None:
+        """A request that ended without a response (an exception Flask let through): its
+        limits that count by outcome are settled as a 500."""
+        counted: list[tuple[RateLimitCore, Verdict]] = g.pop(_COUNTED, [])
+        for core, verdict in counted:
+            core.settle(verdict, 500)
+
     def exempt(self, view: F) -> F:
         """Decorator: ``default_limits`` do not apply to this view."""
         self._exempt_views.add(view)
         return view
 
-    def limit(self, limits: str | RateLimiter, *, key: KeyFunc | None = None,
+    def limit(self, limits: str | RateLimiter | LimitsFunc, *, key: KeyFunc | None = None,
               cost: int | Callable[[Any], int] = 1, name: str | None = None,
-              methods: Iterable[str] | None = None) -> Callable[[F], F]:
+              methods: Iterable[str] | None = None,
+              count_when: CountWhen | None = None) -> Callable[[F], F]:
         """Decorator: limit this view (sync or async), per key, on top of ``default_limits``.
 
-        :param limits: ``"5/second"`` or a ready :class:`~fintech_resilience.RateLimiter`
-            (then shared by every app; from a string, each app gets a limiter on its backend).
+        :param limits: ``"5/second"``, a ready :class:`~fintech_resilience.RateLimiter` (then
+            shared by every app; from a string, each app gets a limiter on its backend), or a
+            ``callable(request) -> rate string | None`` resolved per request (per-plan limits;
+            None: this request is not limited).
         :param key: overrides the extension's key function for this view.
         :param cost: units per request, or ``callable(request) -> int``.
         :param name: the limiter's name (default: the view function's name + a short hash).
         :param methods: only these methods count (default all the view serves).
+        :param count_when: ``callable(status) -> bool``: count only the responses it is true
+            for (Flask-Limiter's ``deduct_when``); the others get their unit back once the view
+            has answered, before the fields are sent.
         """
         if isinstance(limits, RateLimiter) and name is not None:
             raise ConfigurationError("name configures a limiter made from a string; with a"
                                      " ready RateLimiter, set it on the limiter")
-        if not isinstance(limits, RateLimiter):
+        if isinstance(limits, str):
             parse_limits(limits)  # a bad rate fails here, when the view is decorated
         if name is not None:
             validate_name(name)
 
         def decorate(view: F) -> F:
-            spec = _ViewLimit(limits, name or _view_name(view), key, cost, methods)
+            spec = _ViewLimit(limits, name or _view_name(view), key, cost, methods, count_when)
 
             def refusal() -> Response | None:
                 if not current_app.config.get("RESILIENCE_ENABLED", True):

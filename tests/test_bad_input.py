@@ -81,7 +81,7 @@ def test_hostile_keys_are_isolated_and_hashed(backend):
         assert rl.acquire(key).remaining == 1, key
     # each hostile key consumed only its own budget: every one has exactly one unit left
     assert [rl.acquire(key).remaining for key in HOSTILE] == [0] * len(HOSTILE)
-    # and the stored keys have one safe shape: namespace, kind, {name:digest}, limit index
+    # and the stored keys have one safe shape: namespace, kind, {name:digest}, window seconds
     if isinstance(backend, RedisBackend):
         client = backend.client
         found = (client.keys("*", target_nodes=client.PRIMARIES)
@@ -90,7 +90,7 @@ def test_hostile_keys_are_isolated_and_hashed(backend):
     else:
         stored = set(backend.store.keys())
     assert len(stored) == len(HOSTILE)
-    shape = re.compile(r"fr:rl\.gcra:\{hostile:[0-9a-f]{32}\}:0")
+    shape = re.compile(r"fr:rl\.gcra:\{hostile:[0-9a-f]{32}\}:60")
     assert all(shape.fullmatch(k) for k in stored), stored
 
 

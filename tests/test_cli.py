@@ -17,6 +17,7 @@ from fintech_resilience.audit import AuditLog, EventType, RedisStreamSink
 from fintech_resilience.backends.redis import RedisBackend
 from fintech_resilience.breaker.circuit import BreakerState, CircuitBreaker, CountWindow
 from fintech_resilience.cli import commands as cli
+from fintech_resilience.core import storage_keys
 from fintech_resilience.errors import CircuitOpen
 from fintech_resilience.idempotency import IdempotencyStore
 from fintech_resilience.idempotency.record import ClaimOutcome, StoredResponse
@@ -344,10 +345,93 @@ class TestCheck:
             backend.close()
 
 
+class TestLimit:
+    """``limit show|reset NAME KEY``: unblock a merchant from a shell."""
+
+    def test_show_finds_every_stored_window_of_a_key(self, url: str, red: RedisBackend) -> None:
+        payments = RateLimiter("3/minute; 100/day", name="payments", backend=red)
+        for _ in range(3):
+            payments.acquire("merchant:42")
+        RateLimiter("10/hour", name="payments", backend=red,
+                    algorithm="sliding_window").hit("merchant:42", cost=4)
+        payments.acquire("merchant:7")  # another key: not shown
+        code, result = run_json("limit", "show", "payments", "merchant:42", "--redis", url)
+        assert code == 0 and result["key_hash"] == storage_keys.digest("merchant:42")
+        rows = {(r["algorithm"], r["window"]): r for r in result["stored"]}
+        assert set(rows) == {("gcra", 60), ("gcra", 86400), ("sliding_window", 3600)}
+        assert 59 < rows[("gcra", 60)]["full_in"] <= 60  # 3 x 20 s of debt
+        assert rows[("sliding_window", 3600)]["count"] == 4
+        assert "merchant:42" not in json.dumps(result)
+        code, out, _ = run("limit", "show", "payments", "merchant:42", "--redis", url)
+        assert code == 0 and "full again in" in out and "count 4" in out
+
+    def test_show_with_the_limits_gives_the_remaining_quota(self, url: str,
+                                                            red: RedisBackend) -> None:
+        payments = RateLimiter("3/minute; 100/day", name="payments", backend=red)
+        for _ in range(3):
+            payments.acquire("merchant:42")
+        code, result = run_json("limit", "show", "payments", "merchant:42", "--redis", url,
+                                "--limits", "3/minute; 100/day")
+        assert code == 0 and result["stored"] is True
+        assert [(r["policy"], r["remaining"]) for r in result["limits"]] == [
+            ("3/minute", 0), ("100/day", 97)]
+        code, result = run_json("limit", "show", "payments", "merchant:1", "--redis", url,
+                                "--limits", "3/minute")
+        assert code == 0 and result["stored"] is False and result["limits"][0]["remaining"] == 3
+
+    def test_reset_unblocks_the_key_everywhere(self, url: str, red: RedisBackend) -> None:
+        payments = RateLimiter("2/minute", name="payments", backend=red)
+        payments.acquire("merchant:42", cost=2)
+        payments.acquire("merchant:7", cost=2)
+        assert not payments.acquire("merchant:42").allowed
+        code, out, _ = run("limit", "reset", "payments", "merchant:42", "--redis", url)
+        assert code == 0 and "reset rate limiter 'payments'" in out and "forgotten state" in out
+        assert payments.acquire("merchant:42").remaining == 1
+        assert not payments.acquire("merchant:7").allowed  # other keys keep their state
+        payments.reset("merchant:42")
+        code, _, err = run("limit", "reset", "payments", "merchant:42", "--redis", url)
+        assert code == cli.EXIT_NOT_FOUND and "nothing stored" in err
+
+    def test_reset_with_the_limits_is_audited_with_the_key_hash(
+            self, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("FINTECH_RESILIENCE_AUDIT_KEY", "ab" * 16)
+        backend = RedisBackend.from_url(redis_url, timeout=2.0)
+        declines = RateLimiter("3/hour", name="declines", backend=backend,
+                               algorithm="fixed_window")
+        declines.hit("card-fp-1", cost=3)
+        code, result = run_json("limit", "reset", "declines", "card-fp-1", "--redis", redis_url,
+                                "--limits", "3/hour", "--algorithm", "fixed_window",
+                                "--audit-stream", "ops", "--actor", "ops:alice")
+        assert code == 0 and result["limits"][0]["remaining"] == 0  # as it was before
+        assert declines.peek("card-fp-1").remaining == 3
+        client = redis.Redis.from_url(redis_url)
+        entries = client.xrange("fr:audit:{ops}")
+        client.close()
+        backend.close()
+        (record,) = [json.loads(fields[b"record"]) for _id, fields in entries]
+        assert record["event_type"] == "operator.override"
+        assert record["principal"] == "ops:alice" and record["resource"] == "ratelimit:declines"
+        assert record["details"] == {"action": "reset",
+                                     "key_hash": storage_keys.digest("card-fp-1")}
+        code, _, err = run("limit", "reset", "declines", "card-fp-1", "--redis", redis_url,
+                           "--limits", "3/hour", "--algorithm", "fixed_window")
+        assert code == cli.EXIT_NOT_FOUND and "nothing stored" in err
+
+    def test_nothing_stored_and_bad_input(self, url: str) -> None:
+        code, _, err = run("limit", "show", "payments", "merchant:42", "--redis", url)
+        assert code == cli.EXIT_NOT_FOUND and "nothing stored" in err
+        assert run("limit", "show", "pay ments", "k", "--redis", url)[0] == cli.EXIT_USAGE
+        assert run("limit", "show", "payments", "", "--redis", url)[0] == cli.EXIT_USAGE
+        code, _, err = run("limit", "show", "payments", "k", "--redis", url,
+                           "--limits", "10 per fortnight")
+        assert code == cli.EXIT_USAGE and "10/second" in err
+
+
 class TestUnreachable:
     @pytest.mark.parametrize("argv", [
         ("status",), ("check",), ("breaker", "open", "psp-acme"),
         ("idempotency", "show", "0" * 32), ("idempotency", "forget", "0" * 32),
+        ("limit", "show", "payments", "merchant:42"), ("limit", "reset", "payments", "m"),
     ])
     def test_every_command_exits_3_with_a_clear_message(self, dead_url: str,
                                                         argv: tuple[str, ...]) -> None:
@@ -381,7 +465,7 @@ class TestEntryPoint:
     def test_help_lists_every_command(self) -> None:
         out = subprocess.run([sys.executable, "-m", "fintech_resilience.cli", "--help"],
                              capture_output=True, text=True, check=True, timeout=60).stdout
-        for command in ("demo", "status", "breaker", "idempotency", "check", "audit"):
+        for command in ("demo", "status", "breaker", "idempotency", "limit", "check", "audit"):
             assert command in out
 
     def test_subprocess_exit_status(self, redis_url: str) -> None:

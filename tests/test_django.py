@@ -78,9 +78,37 @@ class Unthrottled(Payments):
     throttle_scope = "nothing-configured"
 
 
+PLANS = {"alice": "2/minute", "bob": "3/min"}  # limits or DRF notation; no plan: not limited
+
+
+def plan_limits(request):  # type: ignore[no-untyped-def]
+    user = getattr(request, "user", None)
+    return PLANS.get(getattr(user, "pk", None))
+
+
+def declined(status: int) -> bool:
+    return status == 402
+
+
+def charge(request):  # type: ignore[no-untyped-def]
+    return HttpResponse("declined", status=402) if request.GET.get("declined") else plain(request)
+
+
+class PlanThrottle(RateThrottle):
+    """Per-plan rates the DRF way: override get_limits."""
+
+    def get_limits(self, request, view):  # type: ignore[no-untyped-def]
+        return plan_limits(request)
+
+
+class PlanQuotes(Payments):
+    throttle_classes = [PlanThrottle]
+
+
 urlpatterns = [path("r", plain), path("payments/charge", plain), path("healthz", plain),
                path("stream", stream), path("api/payments", Payments.as_view()),
-               path("api/free", Unthrottled.as_view())]
+               path("api/free", Unthrottled.as_view()), path("charge", charge),
+               path("api/quotes", PlanQuotes.as_view())]
 
 MIDDLEWARE = [f"{__name__}.FakeAuthMiddleware", "fintech_resilience.django.RateLimitMiddleware"]
 
@@ -153,6 +181,39 @@ class TestMiddleware:
         assert refused.status_code == 429
         assert refused.headers["content-type"] == "application/problem+json"
 
+    def test_limits_per_plan_from_a_dotted_path(self):
+        with override_settings(FINTECH_RESILIENCE=resilience(LIMITS=f"{__name__}.plan_limits")):
+            client = Client()
+            alice = [client.get("/r", headers={"X-User": "alice"}) for _ in range(3)]
+            bob = [client.get("/r", headers={"X-User": "bob"}).status_code for _ in range(4)]
+            staff = [client.get("/r", headers={"X-User": "staff"}).status_code for _ in range(4)]
+        assert [r.status_code for r in alice] == [200, 200, 429]
+        assert alice[0]["RateLimit-Policy"] == '"django";q=2;w=60'
+        assert bob == [200, 200, 200, 429] and staff == [200] * 4
+
+    def test_count_when_counts_only_declines(self):
+        config = resilience(RULES=[{"LIMITS": "2/minute", "NAME": "declines", "PATH": "/charge",
+                                    "COUNT_WHEN": f"{__name__}.declined"}])
+        with override_settings(FINTECH_RESILIENCE=config):
+            client = Client()
+            paid = [client.get("/charge", headers={"X-User": "u"}) for _ in range(3)]
+            refused = [client.get("/charge?declined=1", headers={"X-User": "u"}).status_code
+                       for _ in range(2)] + [client.get("/charge", headers={"X-User": "u"})
+                                             .status_code]
+        assert [r.status_code for r in paid] == [200] * 3
+        assert paid[2]["RateLimit"] == '"declines";r=2;t=0'
+        assert refused == [402, 402, 429]
+
+    async def test_count_when_under_asgi(self):
+        config = resilience(LIMITS="1/minute", COUNT_WHEN=declined)
+        with override_settings(FINTECH_RESILIENCE=config):
+            app = ASGIHandler()
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://t") as client:
+                codes = [(await client.get(path, headers={"X-User": "a"})).status_code
+                         for path in ("/charge", "/charge", "/charge?declined=1", "/charge")]
+        assert codes == [200, 200, 402, 429]
+
     def test_real_wsgi_server_on_loopback(self):
         with override_settings(FINTECH_RESILIENCE=resilience(LIMITS="2/minute")), \
                 serve_wsgi(WSGIHandler()) as url, httpx.Client(base_url=url) as http:
@@ -177,6 +238,19 @@ class TestDrfThrottle:
         assert "throttled" in alice[2].json()["detail"].lower()
         assert bob.status_code == 200
         assert free == [200, 200, 200]
+
+    def test_rates_per_plan_with_get_limits(self):
+        with override_settings(MIDDLEWARE=[], FINTECH_RESILIENCE={"BACKEND": MemoryBackend()}):
+            client = Client()
+            alice = [client.post("/api/quotes", headers={"X-User": "alice"}).status_code
+                     for _ in range(3)]
+            bob = [client.post("/api/quotes", headers={"X-User": "bob"}).status_code
+                   for _ in range(4)]
+            staff = [client.post("/api/quotes", headers={"X-User": "staff"}).status_code
+                     for _ in range(4)]
+        assert alice == [200, 200, 429]
+        assert bob == [200, 200, 200, 429]
+        assert staff == [200] * 4
 
     def test_rate_notations(self):
         assert drf_rate("10/s") == "10/second"

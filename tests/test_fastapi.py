@@ -149,3 +149,59 @@ def test_real_uvicorn_serves_limits_on_loopback():
         codes = [client.post("/payments", json={"amount": 1}, headers={"X-User": "u"})
                  .status_code for _ in range(3)]
     assert codes == [200, 200, 429]
+
+
+def test_limits_per_plan_from_the_request():
+    """slowapi's dynamic limits: a callable of the request, resolved per request."""
+    plans = {"alice": "2/minute", "bob": "3/minute"}  # no plan: not limited
+    app = FastAPI()
+    install(app)
+    per_plan = RateLimit(lambda request: plans.get(request.headers.get("X-User", "")),
+                         backend=MemoryBackend(), clock=ManualClock(),
+                         key=principal_or_ip(principal_header="X-User"))
+
+    @app.get("/quotes", dependencies=[Depends(per_plan)])
+    async def quotes() -> dict[str, bool]:
+        return {"ok": True}
+
+    with TestClient(app) as client:
+        alice = [client.get("/quotes", headers={"X-User": "alice"}) for _ in range(3)]
+        bob = [client.get("/quotes", headers={"X-User": "bob"}) for _ in range(4)]
+        staff = [client.get("/quotes", headers={"X-User": "staff"}) for _ in range(5)]
+    assert [r.status_code for r in alice] == [200, 200, 429]
+    assert [r.status_code for r in bob] == [200, 200, 200, 429]
+    assert [r.status_code for r in staff] == [200] * 5
+    assert alice[0].headers["ratelimit-policy"].endswith('";q=2;w=60')
+    assert bob[0].headers["ratelimit-policy"].endswith('";q=3;w=60')
+    assert "ratelimit" not in staff[0].headers
+    named = RateLimit(lambda request: "1/minute", name="quotes")
+    assert repr(named).startswith("RateLimit(<function")
+
+
+def test_counting_only_declines_is_the_middleware_s_job_under_fastapi():
+    """A dependency cannot see the response: count_when is a Rule option of the ASGI
+    middleware, which FastAPI takes as it is (HTTPException answers included)."""
+    from fastapi import HTTPException
+
+    from fintech_resilience.asgi import RateLimitMiddleware, Rule
+
+    declines = RateLimiter("2/minute", name="declines", backend=MemoryBackend(),
+                           clock=ManualClock())
+    app = FastAPI()
+    app.add_middleware(RateLimitMiddleware, key=principal_or_ip(principal_header="X-User"),
+                       rules=[Rule(declines, path="/charges", methods=["POST"],
+                                   count_when=lambda status: status == 402)])
+
+    @app.post("/charges")
+    async def create_charge(body: PaymentIn) -> dict[str, int]:
+        if body.amount > 1000:
+            raise HTTPException(402, "card declined")
+        return {"charged": body.amount}
+
+    with TestClient(app) as client:
+        def charge(amount: int) -> int:
+            return client.post("/charges", json={"amount": amount},
+                               headers={"X-User": "u"}).status_code
+
+        codes = [charge(10), charge(10), charge(5000), charge(10), charge(5000), charge(10)]
+    assert codes == [200, 200, 402, 200, 402, 429]

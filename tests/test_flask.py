@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 from flask import Flask, Response, g, request, stream_with_context
@@ -120,3 +122,88 @@ def test_configuration_errors():
         resilience.limit(RateLimiter("1/second", backend=MemoryBackend()), name="x")
     with pytest.raises(ConfigurationError, match="cannot parse"):
         resilience.limit("lots")(lambda: "x")
+
+
+PLANS = {"alice": "2/minute", "bob": "3/minute"}
+
+
+def plan_app(clock: ManualClock, **options: object) -> Flask:
+    app = Flask(__name__)
+    resilience = Resilience(app, backend=MemoryBackend(), clock=clock,
+                            key=principal_or_ip(principal_header="X-User"), **options)
+
+    @app.get("/quotes")
+    @resilience.limit(lambda req: PLANS.get(req.headers.get("X-User", "")), name="quotes")
+    def quotes() -> str:
+        return "ok"
+
+    @app.post("/charges")
+    @resilience.limit("2/minute", name="declines", count_when=lambda status: status == 402)
+    def charges() -> tuple[str, int]:
+        if request.args.get("crash"):
+            raise RuntimeError("the PSP adapter crashed")
+        return ("declined", 402) if request.args.get("declined") else ("ok", 200)
+
+    @app.post("/async-charges")
+    @resilience.limit("1/minute", name="async-declines", count_when=lambda status: status == 402)
+    async def async_charges() -> tuple[str, int]:
+        return ("declined", 402) if request.args.get("declined") else ("ok", 200)
+
+    return app
+
+
+def test_limits_per_plan_from_the_request():
+    """Flask-Limiter's dynamic limits: a callable of the request, resolved per request."""
+    client = plan_app(ManualClock()).test_client()
+    alice = [client.get("/quotes", headers={"X-User": "alice"}) for _ in range(3)]
+    bob = [client.get("/quotes", headers={"X-User": "bob"}) for _ in range(4)]
+    staff = [client.get("/quotes", headers={"X-User": "staff"}) for _ in range(4)]
+    assert [r.status_code for r in alice] == [200, 200, 429]
+    assert [r.status_code for r in bob] == [200, 200, 200, 429]
+    assert [r.status_code for r in staff] == [200] * 4  # no plan: not limited
+    assert alice[0].headers["RateLimit-Policy"] == '"quotes";q=2;w=60'
+    assert bob[0].headers["RateLimit-Policy"] == '"quotes";q=3;w=60'
+
+
+def test_default_limits_per_plan():
+    app = plan_app(ManualClock(),
+                      default_limits=lambda req: "1/minute" if req.headers.get("X-Trial") else None)
+    client = app.test_client()
+    trial = [client.get("/quotes", headers={"X-User": "bob", "X-Trial": "1"}).status_code
+             for _ in range(2)]
+    assert trial == [200, 429]
+    assert client.get("/quotes", headers={"X-User": "bob"}).status_code == 200
+
+
+def test_count_when_counts_only_declines_like_deduct_when():
+    app = plan_app(ManualClock())
+    client = app.test_client()
+
+    def charge(query: str = "") -> Any:
+        return client.post(f"/charges{query}", headers={"X-User": "u"})
+
+    paid = [charge() for _ in range(3)]
+    declined = [charge("?declined=1"), charge("?declined=1")]
+    blocked = charge()
+    assert [r.status_code for r in paid] == [200] * 3
+    assert {r.headers["RateLimit"] for r in paid} == {'"declines";r=2;t=0'}
+    assert [r.status_code for r in declined] == [402, 402]
+    assert declined[1].headers["RateLimit"] == '"declines";r=0;t=30'
+    assert blocked.status_code == 429
+    async_paid = [client.post("/async-charges", headers={"X-User": "u"}).status_code
+                  for _ in range(2)]
+    async_declined = client.post("/async-charges?declined=1", headers={"X-User": "u"})
+    assert async_paid == [200, 200] and async_declined.status_code == 402
+    assert client.post("/async-charges", headers={"X-User": "u"}).status_code == 429
+
+
+def test_a_crashed_view_is_settled_as_a_500():
+    app = plan_app(ManualClock())
+    client = app.test_client()
+    assert client.post("/charges?crash=1", headers={"X-User": "u"}).status_code == 500
+    app.testing = True  # the exception now reaches the test client: teardown settles
+    with pytest.raises(RuntimeError):
+        client.post("/charges?crash=1", headers={"X-User": "u"})
+    # neither crash was a decline: both units came back
+    assert [client.post("/charges?declined=1", headers={"X-User": "u"}).status_code
+            for _ in range(3)] == [402, 402, 429]

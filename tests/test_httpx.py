@@ -278,6 +278,36 @@ class TestBudgetAndBreaker:
         assert len(server.hits("/s")) == 4
 
 
+    async def test_requests_over_the_psp_quota_wait_for_it(self, mode: str,
+                                                          server: FlakyServer):
+        """resilience4j's timeoutDuration: a request over the outbound quota waits for a
+        permit (on the limiter's clock) instead of failing; one that could not get one in
+        time fails at once, without waiting."""
+        slept: list[float] = []
+
+        class Clock(ManualClock):
+            def sleep(self, seconds: float) -> None:
+                slept.append(seconds)
+                super().sleep(seconds)
+
+            async def asleep(self, seconds: float) -> None:
+                slept.append(seconds)
+                await super().asleep(seconds)
+
+        limiter = fr.RateLimiter("2/second", backend=MemoryBackend(), name="psp-quota",
+                                 clock=Clock(), wait_jitter=0)
+        url = server.script("/s", 200, 200, 200, 200)
+        patient = fr.Policy(name="psp", rate_limit=limiter, rate_limit_wait=1.0)
+        async with client(mode, policy=patient) as c:
+            codes = [(await c.request("GET", url)).status_code for _ in range(3)]
+        assert codes == [200, 200, 200] and [round(s, 3) for s in slept] == [0.5]
+        hasty = fr.Policy(name="psp", rate_limit=limiter, rate_limit_wait=0.2)
+        async with client(mode, policy=hasty) as c:
+            with pytest.raises(fr.RateLimited):
+                await c.request("GET", url)
+        assert len(server.hits("/s")) == 3 and len(slept) == 1
+
+
 class TestTimeouts:
     async def test_a_hanging_get_times_out_on_each_attempt(self, mode: str,
                                                           server: FlakyServer):

@@ -75,11 +75,10 @@ def hammer(backend: Backend, spec: str, algorithm: str, start: float, threads: i
     return out
 
 
-def process_main(url: str, spec: str, algorithm: str, ready, go, start, queue) -> None:
+def process_main(url: str, spec: str, algorithm: str, starts, queue) -> None:
     backend = RedisBackend.from_url(url, timeout=2.0)
-    ready.wait()  # every interpreter is up (however long the machine took to start them)
-    go.wait(60)
-    queue.put(hammer(backend, spec, algorithm, start.value, THREADS))
+    queue.put("ready")  # imported and connected: the run can be scheduled
+    queue.put(hammer(backend, spec, algorithm, starts.get(timeout=120), THREADS))
     backend.close()
 
 
@@ -113,18 +112,19 @@ def check_gcra(records, rate: float, burst: int) -> None:
 
 def run_processes(url: str, spec: str, algorithm: str) -> list:
     ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    ready, go, start = ctx.Barrier(PROCESSES + 1), ctx.Event(), ctx.Value("d", 0.0)
-    procs = [ctx.Process(target=process_main,
-                         args=(url, spec, algorithm, ready, go, start, queue))
+    queue, starts = ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=process_main, args=(url, spec, algorithm, starts, queue))
              for _ in range(PROCESSES)]
     for p in procs:
         p.start()
-    ready.wait(timeout=120)
-    # once every interpreter is up, all hammer together from 0.3 s before a whole second, so
-    # the run covers one whole window with a margin on both sides
-    start.value = math.ceil(time.time()) + 1.0 - 0.3
-    go.set()
+    # the interpreters start first (seconds on a loaded machine); once all are ready they
+    # hammer together from 0.3 s before a whole second, so the run covers one whole window
+    # with a margin on both sides
+    for _ in procs:
+        assert queue.get(timeout=120) == "ready"
+    start = math.ceil(time.time()) + 1.0 - 0.3
+    for _ in procs:
+        starts.put(start)
     records = []
     for _ in procs:
         records.extend(queue.get(timeout=60))

@@ -103,3 +103,49 @@ def test_memory_and_redis_gcra_agree_at_the_conformance_boundary(backend_pair):
                     else:
                         now += 1 if step % 2 else 0
                 assert refused >= 2  # the boundary was reached, more than once
+
+
+counted = st.lists(
+    st.tuples(
+        st.sampled_from(["acquire", "peek", "hit", "refund", "reset", "limits"]),
+        st.sampled_from(["a", "b"]),                   # key
+        st.integers(min_value=1, max_value=6),        # cost
+        st.integers(min_value=0, max_value=2500),     # then advance the clock, ms
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    specs=st.lists(st.sampled_from(SPECS), min_size=1, max_size=3),
+    algorithm=st.sampled_from(["gcra", "sliding_window", "fixed_window"]),
+    start=st.floats(min_value=1_600_000_000, max_value=1_800_000_000),
+    ops=counted,
+)
+def test_peek_hit_refund_and_reset_identical_on_memory_and_redis(backend_pair, specs, algorithm,
+                                                                  start, ops):
+    """The ``ratelimit_*_adjust`` and ``ratelimit_reset`` twins, mixed with acquisitions and
+    with limits that change (``set_limits``), answer exactly as the scripts."""
+    memory, redis = backend_pair
+    clock = ManualClock(round(start, 3))
+    name = f"adj{next(_names)}"
+    limiters = [RateLimiter(specs[0], backend=b, algorithm=algorithm, name=name, clock=clock,
+                            on_backend_error="raise") for b in (memory, redis)]
+    turn = itertools.cycle(specs)
+    for op, key, cost, advance_ms in ops:
+        if op == "limits":
+            spec = next(turn)
+            for rl in limiters:
+                rl.set_limits(spec)
+            continue
+        if op == "reset":
+            for rl in limiters:
+                rl.reset(key)
+        else:
+            decisions = [getattr(rl, op)(key, cost) for rl in limiters]
+            assert decisions[0]._raw == decisions[1]._raw, (op, key, cost, clock.time())
+            assert decisions[0] == decisions[1]
+        clock.advance(advance_ms / 1000)

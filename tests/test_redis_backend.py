@@ -23,7 +23,7 @@ async def test_ten_thousand_tenants_spread_over_the_cluster(cluster_url):
     for t in tenants[:200]:  # and the sync client
         assert rl.acquire(t).remaining == 3
     client = backend.client
-    slots = {client.keyslot(rl._keys(t)[0]) for t in tenants}
+    slots = {client.keyslot(rl.storage_keys(t)[0]) for t in tenants}
     assert len(slots) > 5_000  # tenants are spread, not piled in one slot
     per_node = [n.redis_connection.dbsize() for n in client.get_primaries()]
     assert sum(per_node) == 2 * 10_000  # two limits per tenant, nothing else

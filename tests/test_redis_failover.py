@@ -231,7 +231,7 @@ def test_cluster_primary_killed_under_load_from_four_processes(
     i = 0
     while min(len(k) for k in keys_by_node.values()) < 2:
         key = f"merchant-{i}"
-        node = keys_by_node[cluster.primary_index(probe._request(key, 1)[0][0])]
+        node = keys_by_node[cluster.primary_index(probe.storage_keys(key)[0])]
         if len(node) < 2:
             node.append(key)
         i += 1

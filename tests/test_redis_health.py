@@ -36,7 +36,7 @@ def _keys_by_node(cluster: servers.RedisClusterServers, limiter: RateLimiter,
     out: dict[int, list[str]] = {}
     for i in range(count):
         key = f"merchant-{i}"
-        stored = limiter._request(key, 1)[0][0]
+        stored = limiter.storage_keys(key)[0]
         out.setdefault(cluster.primary_index(stored), []).append(key)
     assert sorted(out) == [0, 1, 2]
     return out

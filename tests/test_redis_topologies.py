@@ -177,7 +177,7 @@ def _cluster_keys(cluster: servers.RedisClusterServers, limiter: RateLimiter,
     i = 0
     while min(len(v) for v in found.values()) < per_node:
         key = f"user-{i}"
-        owner = found[cluster.primary_index(limiter._request(key, 1)[0][0])]
+        owner = found[cluster.primary_index(limiter.storage_keys(key)[0])]
         if len(owner) < per_node:
             owner.append(key)
         i += 1
@@ -266,7 +266,7 @@ def test_moved_reroutes_the_slot_and_the_decision_is_exact(
     backend = RedisBackend.from_url(own_cluster.url, timeout=1.0)
     limiter = RateLimiter("100/hour", backend=backend, name=f"moved-{mode}",
                           on_backend_error="raise")
-    stored = limiter._request("payer", 1)[0][0]
+    stored = limiter.storage_keys("payer")[0]
 
     def decide() -> int:
         if mode == "sync":
@@ -293,7 +293,7 @@ def test_ask_during_a_migration_is_followed(own_cluster: servers.RedisClusterSer
     backend = RedisBackend.from_url(own_cluster.url, timeout=1.0)
     limiter = RateLimiter("100/hour", backend=backend, name=f"ask-{mode}",
                           on_backend_error="raise")
-    stored = limiter._request("payee", 1)[0][0]
+    stored = limiter.storage_keys("payee")[0]
 
     def decide() -> int:
         if mode == "sync":

@@ -59,8 +59,9 @@ async def test_spoofed_and_distinct_identities_leave_nothing_behind_after_the_tt
         for start in range(0, DISTINCT, chunk):
             pipe = client.pipeline(transaction=False)
             for i in range(start, start + chunk):
-                keys = rl._keys(trusted(scope_from("10.0.0.1", spoofed(i))))
-                args = rl._args(1)
+                key = trusted(scope_from("10.0.0.1", spoofed(i)))
+                applied = rl._applied(key, None)
+                keys, args = applied.storage_keys(key), applied.usual_args
                 pipe.evalsha(script_sha, len(keys), *keys, *args)
             replies = await pipe.execute()
             assert all(reply[0] == 1 for reply in replies)

@@ -6,6 +6,7 @@
     fintech-resilience status                        [--redis URL] [--json]
     fintech-resilience breaker open|close|disable|metrics-only|reset NAME [--create]
     fintech-resilience idempotency show|forget KEY   [--store NAME] [--scope P --path /x ...]
+    fintech-resilience limit show|reset NAME KEY     [--limits SPEC --algorithm A]
     fintech-resilience check [--load-scripts]
     fintech-resilience audit verify --stream audit   (see docs/audit.md)
 
@@ -121,6 +122,23 @@ def _parser() -> argparse.ArgumentParser:
     idem.add_argument("--yes", action="store_true",
                       help="forget a record even while its lease is alive")
     idem.set_defaults(handler=_idempotency)
+
+    limit = ops("limit", "show or reset one key of a rate limiter (unblock a merchant)",
+                "KEY is the key the application passes to RateLimiter NAME (merchant:42, p:alice,"
+                " ...): it is hashed as the limiter does. With --limits the limiter's own stats"
+                " and keys; without, what is stored for the key under any algorithm and window"
+                " (found with SCAN on every primary).")
+    limit.add_argument("action", choices=["show", "reset"])
+    limit.add_argument("name", help="the limiter's name (RateLimiter(name=...))")
+    limit.add_argument("key", help="the key as the application passes it")
+    limit.add_argument("--limits", metavar="SPEC",
+                       help="the limiter's limits, e.g. '10/second; 1000/day': remaining quota"
+                            " per limit, and a reset of exactly those keys")
+    limit.add_argument("--algorithm", default="gcra",
+                       choices=["gcra", "sliding_window", "fixed_window"],
+                       help="the limiter's algorithm, with --limits (gcra)")
+    _audit_options(limit)
+    limit.set_defaults(handler=_limit)
 
     chk = ops("check", "server version, eviction policy, cluster slots, scripts, clock",
               "Check that Redis is fit to hold the patterns' state.")
@@ -427,6 +445,29 @@ def _print_record(info: dict[str, Any], out: TextIO, as_json: bool) -> None:
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         print(f"{name + ':':<20} {value}", file=out)
+
+
+def _limit(args: argparse.Namespace, out: TextIO) -> int:
+    from ..errors import ConfigurationError
+    from .limits import limit_command, limit_lines
+
+    def body(ops: Any) -> int:
+        try:
+            result = limit_command(args, ops, _audit_log(args, ops.backend),
+                                   args.actor or _login())
+        except ConfigurationError as exc:
+            raise _Failure(str(exc), EXIT_USAGE) from exc
+        except LookupError as exc:
+            raise _Failure(str(exc.args[0]), EXIT_NOT_FOUND) from exc
+        if args.json:
+            print(json.dumps(result), file=out)
+        else:
+            title, table, header, rows = limit_lines(result)
+            print(title, file=out)
+            _table(out, table, header, rows)
+        return EXIT_OK
+
+    return _run_ops(args, body)
 
 
 def _check(args: argparse.Namespace, out: TextIO) -> int:

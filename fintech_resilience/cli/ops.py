@@ -6,7 +6,7 @@ Everything here is read-only except through the patterns' own operator APIs
 primary, with the patterns of :mod:`fintech_resilience.core.storage_keys`:
 
 * ``<ns>:cb:{<name>}`` - a circuit breaker (hash), ``<ns>:rb:{<name>}`` - a retry budget (hash),
-* ``<ns>:rl.<algorithm>:{<name>:<digest>}:<i>`` - a rate-limit counter,
+* ``<ns>:rl.<algorithm>:{<name>:<digest>}:<window seconds>`` - a rate-limit counter,
 * ``<ns>:cc:{<name>:<digest>}`` - a concurrency limiter's leases (sorted set),
 * ``<ns>:idem:{<store>:<digest>}`` - an idempotency record (hash),
 * ``<ns>:audit:{<stream>}`` - an audit stream.

@@ -12,11 +12,11 @@ from typing import Any
 from ..backends.base import Backend
 from ..backends.resolve import backend_from_url, resolve_backend
 from ..core.resets import on_reset
-from ..edges.ratelimit_http import RateLimitCore, Rule
+from ..edges.ratelimit_http import LimitsFunc, RateLimitCore, Rule, limits_from_requests
 from ..errors import ConfigurationError
 from ..keys import ClientKey
 from ..ratelimit.limiter import RateLimiter
-from .schema import Config, IdempotencyConfig, RateLimitConfig
+from .schema import DOTTED_PATH, Config, IdempotencyConfig, RateLimitConfig
 
 __all__ = ["build_backend", "default_key", "idempotency_options", "import_object",
            "rate_limit_core"]
@@ -73,21 +73,33 @@ def rate_limit_core(config: Config, section: RateLimitConfig, *, backend: Backen
     common: dict[str, Any] = {"backend": backend, "on_backend_error": section.on_backend_error,
                               "algorithm": section.algorithm, "clock": clock}
     where = "FINTECH_RESILIENCE['RATE_LIMIT']"
-    rules = [
-        Rule(RateLimiter(rule.limits, name=rule.name, **common), methods=rule.methods,
-             path=_path(rule.path),
-             key=import_object(rule.key, f"{where}['RULES'][{i}]['KEY']"),
-             cost=import_object(rule.cost, f"{where}['RULES'][{i}]['COST']"))
-        for i, rule in enumerate(section.rules)]
-    limiter = (RateLimiter(section.limits, name=section.name or default_name, **common)
-               if section.limits is not None else None)
-    if limiter is None and not rules:
+
+    def limiter(limits: Any, name: str, at: str) -> tuple[RateLimiter, LimitsFunc | None]:
+        """A rate makes a limiter of its own; a callable (or dotted path) resolves per request."""
+        if isinstance(limits, str) and not DOTTED_PATH.match(limits):
+            return RateLimiter(limits, name=name, **common), None
+        return (RateLimiter(limits_from_requests, name=name, **common),
+                import_object(limits, f"{at}['LIMITS']"))
+
+    rules = []
+    for i, rule in enumerate(section.rules):
+        at = f"{where}['RULES'][{i}]"
+        rule_limiter, per_request = limiter(rule.limits, rule.name, at)
+        rules.append(Rule(rule_limiter, methods=rule.methods, path=_path(rule.path),
+                          key=import_object(rule.key, f"{at}['KEY']"),
+                          cost=import_object(rule.cost, f"{at}['COST']"), limits=per_request,
+                          count_when=import_object(rule.count_when, f"{at}['COUNT_WHEN']")))
+    own, per_request = (limiter(section.limits, section.name or default_name, where)
+                        if section.limits is not None else (None, None))
+    if own is None and not rules:
         return None
     key = (import_object(section.key, f"{where}['KEY']") if section.key is not None
            else default_key(config))
-    return RateLimitCore(limiter, rules=rules, key=key, exempt_paths=section.exempt_paths,
-                         headers=section.headers, headers_on_allowed=section.headers_on_allowed,
-                         shadow=section.shadow)
+    return RateLimitCore(own, rules=rules, key=key, limits=per_request,
+                         count_when=(import_object(section.count_when, f"{where}['COUNT_WHEN']")
+                                     if own is not None else None),
+                         exempt_paths=section.exempt_paths, headers=section.headers,
+                         headers_on_allowed=section.headers_on_allowed, shadow=section.shadow)
 
 
 def idempotency_options(section: IdempotencyConfig) -> dict[str, Any]:

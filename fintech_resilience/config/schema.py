@@ -30,7 +30,7 @@ from ..ratelimit.rates import parse_limits
 __all__ = ["Config", "IdempotencyConfig", "RateLimitConfig", "RuleConfig"]
 
 ENV_PREFIX = "FINTECH_RESILIENCE_"
-_DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
+DOTTED_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 _Convert = Callable[[Any, str], Any]
@@ -106,13 +106,21 @@ def _rate(value: Any, where: str) -> str:
     return str(value)
 
 
+def _limits(value: Any, where: str) -> Any:
+    """A rate (``"100/minute"``), or a ``callable(request) -> rate | None`` or its dotted path
+    (limits per request: per plan). A rate never looks like a dotted path."""
+    if callable(value) or (isinstance(value, str) and DOTTED_PATH.match(value)):
+        return value
+    return _rate(value, where)
+
+
 def _name(value: Any, where: str) -> str:
     return validate_name(value, where)
 
 
 def _callable(value: Any, where: str) -> Any:
     """A callable, or the dotted path of one (imported when an edge is built)."""
-    if callable(value) or (isinstance(value, str) and _DOTTED.match(value)):
+    if callable(value) or (isinstance(value, str) and DOTTED_PATH.match(value)):
         return value
     raise ConfigurationError(
         f"{where} is a callable or its dotted path ('myapp.resilience.key'); got {value!r}")
@@ -164,7 +172,7 @@ def _proxies(value: Any, where: str) -> tuple[str, ...]:
 def _store(value: Any, where: str) -> Any:
     from ..idempotency.store import IdempotencyStore
 
-    if isinstance(value, IdempotencyStore) or (isinstance(value, str) and _DOTTED.match(value)):
+    if isinstance(value, IdempotencyStore) or (isinstance(value, str) and DOTTED_PATH.match(value)):
         return value
     raise ConfigurationError(
         f"{where} is an IdempotencyStore or its dotted path ('myapp.resilience.store');"
@@ -202,7 +210,8 @@ def _read(cls: type[C], mapping: Any, where: str) -> C:
 class RuleConfig:
     """One rate-limit rule (``RATE_LIMIT["RULES"]``): a limit for some paths or methods."""
 
-    limits: str = field(metadata=_convert(_rate))
+    #: a rate, or ``callable(request) -> rate | None`` (or its dotted path): per request
+    limits: Any = field(metadata=_convert(_limits))
     #: the limiter's name: labels its ``RateLimit-Policy`` item and its stored state
     name: str = field(default="default", metadata=_convert(_name))
     #: a path prefix, or a regular expression when it starts with ``^``; None: every path
@@ -212,6 +221,9 @@ class RuleConfig:
     key: Any = field(default=None, metadata=_convert(_optional(_callable)))
     #: units per request, or ``callable(request) -> int`` (or its dotted path)
     cost: Any = field(default=1, metadata=_convert(_cost))
+    #: ``callable(status) -> bool`` (or its dotted path): count only the responses it is true
+    #: for (Flask-Limiter's ``deduct_when``); None: every admitted request counts
+    count_when: Any = field(default=None, metadata=_convert(_optional(_callable)))
 
 
 def _rules(value: Any, where: str) -> tuple[RuleConfig, ...]:
@@ -230,11 +242,14 @@ def _rules(value: Any, where: str) -> tuple[RuleConfig, ...]:
 class RateLimitConfig:
     """``RATE_LIMIT``: app-wide limits (Django middleware, Flask extension, FastAPI)."""
 
-    #: a limit for every request (``"100/minute"``); optional when ``rules`` are given
-    limits: str | None = field(default=None, metadata=_convert(_optional(_rate)))
+    #: a limit for every request (``"100/minute"``), or ``callable(request) -> rate | None``
+    #: (or its dotted path) resolved per request; optional when ``rules`` are given
+    limits: Any = field(default=None, metadata=_convert(_optional(_limits)))
     #: the limiter's name (default: ``"django"`` for Django, ``"default"`` elsewhere)
     name: str | None = field(default=None, metadata=_convert(_optional(_name)))
     rules: tuple[RuleConfig, ...] = field(default=(), metadata=_convert(_rules))
+    #: ``count_when`` of ``limits`` (see :class:`RuleConfig`)
+    count_when: Any = field(default=None, metadata=_convert(_optional(_callable)))
     #: path prefixes no app-wide limit applies to
     exempt_paths: tuple[str, ...] = field(default=(), metadata=_convert(_strings))
     #: ``callable(request) -> key | None`` or its dotted path; default: principal, else client IP

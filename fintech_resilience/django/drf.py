@@ -14,6 +14,10 @@ from .settings import _backend, _config, _default_key, drf_rate
 
 __all__ = ["RateThrottle", "drf_rate"]
 
+#: limiters the throttle keeps (per scope, rate and backend); forgotten all at once beyond
+_MAX_THROTTLE_LIMITERS = 256
+
+
 @on_reset
 def _forget_limiters() -> None:
     with RateThrottle._limiters_lock:
@@ -28,7 +32,8 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
     from a subclass's ``rate``. DRF rate notation (``"10/s"``, ``"100/min"``) and ``limits``
     notation (``"10/second; 1000/day"``) both work. The backend and trusted proxies come from
     ``settings.FINTECH_RESILIENCE`` (``"ENABLED": False`` there admits every request). Override
-    :meth:`get_key` to key differently.
+    :meth:`get_key` to key differently, and :meth:`get_limits` for limits per request (per
+    plan).
     """
 
     scope: str | None = None
@@ -52,6 +57,12 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
         rates: Mapping[str, str] = api_settings.DEFAULT_THROTTLE_RATES or {}
         return rates.get(scope)
 
+    def get_limits(self, request: Any, view: Any) -> str | None:
+        """This request's rate (``None``: not throttled). Default: :meth:`get_rate` of the
+        view's scope; override it for per-plan limits, e.g. ``return PLANS[request.user.plan]``
+        (DRF or ``limits`` notation)."""
+        return self.get_rate(self.get_scope(view))
+
     def get_key(self, request: Any, view: Any) -> Any:
         """The key: ``request.user`` first, else the client IP behind trusted proxies."""
         return _default_key(_config())(request)
@@ -66,6 +77,8 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
                 limiter = self._limiters.get(cache_key)
                 if limiter is None:
                     limiter = RateLimiter(rate, name=f"drf.{scope}"[:64], backend=backend)
+                    if len(self._limiters) >= _MAX_THROTTLE_LIMITERS:  # rates per request
+                        self._limiters.clear()
                     self._limiters[cache_key] = limiter
         return limiter
 
@@ -73,7 +86,7 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
         if not _config().enabled:
             return True
         scope = self.get_scope(view)
-        rate = self.get_rate(scope)
+        rate = self.get_limits(request, view)
         if rate is None:
             return True
         key = self.get_key(request, view)

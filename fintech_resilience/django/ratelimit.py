@@ -16,6 +16,7 @@ from .settings import _backend, _config
 
 __all__ = ["RateLimitMiddleware", "core_from_settings"]
 
+
 def core_from_settings() -> RateLimitCore:
     """Build the middleware's :class:`RateLimitCore` from ``settings.FINTECH_RESILIENCE``."""
     config = _config()
@@ -30,11 +31,13 @@ def core_from_settings() -> RateLimitCore:
         )
     return core
 
+
 def _refusal(verdict: Verdict) -> HttpResponse:
     response = HttpResponse(verdict.body, status=verdict.status)
     for name, value in verdict.headers:
         response[name] = value
     return response
+
 
 class RateLimitMiddleware:
     """Django middleware limiting every request by ``settings.FINTECH_RESILIENCE['RATE_LIMIT']``.
@@ -63,7 +66,9 @@ class RateLimitMiddleware:
         if not verdict.allowed:
             return _refusal(verdict)
         response = self.get_response(request)
-        for name, value in verdict.headers:
+        fields = (self.core.settle(verdict, response.status_code) if verdict.counted
+                  else verdict.headers)
+        for name, value in fields:
             response[name] = value
         return response
 
@@ -76,6 +81,8 @@ class RateLimitMiddleware:
             return _refusal(verdict)
         get_response: Callable[[HttpRequest], Awaitable[HttpResponse]] = self.get_response
         response = await get_response(request)
-        for name, value in verdict.headers:
+        fields = (await self.core.asettle(verdict, response.status_code) if verdict.counted
+                  else verdict.headers)
+        for name, value in fields:
             response[name] = value
         return response

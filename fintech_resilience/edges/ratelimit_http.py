@@ -2,15 +2,19 @@
 
 The ASGI and WSGI middlewares, the Flask extension, the FastAPI dependency and the Django
 middleware only translate a request into ``(method, path, request)`` and a :class:`Verdict` back
-into their framework's response. Everything else - which rules apply, the key, the cost, shadow
-mode, the 429/503 choice, the IETF ``RateLimit``/``RateLimit-Policy`` fields, ``Retry-After`` and
-the RFC 9457 problem body - lives here, computed from the decisions themselves (no extra round
-trip to the backend).
+into their framework's response. Everything else - which rules apply, the key, the cost, the
+limits of this request, shadow mode, the 429/503 choice, the IETF ``RateLimit``/
+``RateLimit-Policy`` fields, ``Retry-After`` and the RFC 9457 problem body - lives here, computed
+from the decisions themselves (no extra round trip to the backend).
+
+A rule with ``count_when`` counts only some responses: the request acquires its unit before the
+app runs (so at most the limit is ever in flight), and once the response status is known
+(:meth:`RateLimitCore.settle`) a response that ``count_when`` does not count gets its unit back
+(``refund``, one more round trip) before the fields are sent.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
@@ -23,79 +27,51 @@ from ..errors import ConfigurationError
 from ..keys import ClientKey, principal_or_ip
 from ..ratelimit.decision import Decision, retry_after_field
 from ..ratelimit.limiter import RateLimiter
+from ..ratelimit.specs import LimitsArg
 from .http import QUOTA_EXCEEDED, TEMPORARY_REDUCED_CAPACITY, problem
+from .ratelimit_rules import (
+    Counted,
+    CountWhen,
+    KeyFunc,
+    LimitsFunc,
+    Rule,
+    limits_from_requests,
+)
 
-__all__ = ["RateLimitCore", "RateLimitEdge", "Rule", "Verdict"]
+__all__ = [
+    "CountWhen",
+    "Counted",
+    "KeyFunc",
+    "LimitsFunc",
+    "RateLimitCore",
+    "RateLimitEdge",
+    "Rule",
+    "Verdict",
+    "limits_from_requests",
+]
 
 _TITLES: Final = {
     429: "Request cannot be satisfied as assigned quota has been exceeded",
     503: "Request cannot be satisfied due to temporary server capacity constraints",
 }
 
-KeyFunc = Callable[[Any], "str | bytes | int | None"]
-
-
-class Rule:
-    """Which requests a limiter applies to, and how each is keyed and costed.
-
-    :param limiter: the :class:`~fintech_resilience.RateLimiter` (its name labels the policy).
-    :param methods: e.g. ``("POST", "PATCH")``; default every method.
-    :param path: a path prefix (``"/payments"`` matches ``/payments`` and ``/payments/...``) or a
-        compiled regular expression (``re.compile(r"^/v1/payments/[^/]+/capture$")``).
-    :param key: ``callable(request) -> key | None`` overriding the middleware's key; ``None``
-        from it means "not limited by this rule".
-    :param cost: units per request, or ``callable(request) -> int``.
-    """
-
-    __slots__ = ("_sync", "cost", "key", "limiter", "methods", "path")
-
-    def __init__(self, limiter: RateLimiter, *, methods: Iterable[str] | None = None,
-                 path: str | re.Pattern[str] | None = None, key: KeyFunc | None = None,
-                 cost: int | Callable[[Any], int] = 1) -> None:
-        if not isinstance(limiter, RateLimiter):
-            raise ConfigurationError(
-                "Rule needs a RateLimiter: Rule(RateLimiter('10/second', name='payments'), ...)"
-            )
-        if isinstance(methods, str):
-            raise ConfigurationError(f"methods is a list; write methods=[{methods!r}]")
-        if path is not None and not isinstance(path, str | re.Pattern):
-            raise ConfigurationError("path is a prefix string or a compiled re.Pattern")
-        if key is not None and not callable(key):
-            raise ConfigurationError("key must be a callable(request) -> str | None")
-        if not callable(cost) and (type(cost) is not int or cost < 1):
-            raise ConfigurationError(f"cost must be a positive int or a callable; got {cost!r}")
-        self.limiter = limiter
-        self.methods = frozenset(m.upper() for m in methods) if methods is not None else None
-        self.path = path.rstrip("/") if isinstance(path, str) else path
-        self.key = key
-        self.cost = cost
-        # an in-process backend never waits on I/O: its sync path serves asyncio callers too
-        self._sync = not limiter.backend.can_fail
-
-    def matches(self, method: str, path: str) -> bool:
-        """True if the rule applies to this method and path."""
-        if self.methods is not None and method not in self.methods:
-            return False
-        p = self.path
-        if p is None:
-            return True
-        if isinstance(p, str):
-            return path == p or path.startswith(p + "/") or not p
-        return p.search(path) is not None
-
-    def __repr__(self) -> str:
-        return f"Rule({self.limiter!r}, methods={self.methods}, path={self.path!r})"
 
 
 @dataclass(slots=True)
 class Verdict:
-    """What an edge does with a request: pass it (adding ``headers``) or answer with ``body``."""
+    """What an edge does with a request: pass it (adding ``headers``) or answer with ``body``.
+
+    ``counted`` lists the acquisitions that count only some responses: a passed request with
+    any must be settled (:meth:`RateLimitCore.settle`) once its response status is known, and
+    ``headers`` is empty until then.
+    """
 
     allowed: bool
     status: int = 200
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     decisions: list[Decision] = field(default_factory=list)
+    counted: list[Counted] = field(default_factory=list)
 
 
 _PASS: Final = Verdict(True)
@@ -115,6 +91,7 @@ class RateLimitCore:
 
     def __init__(self, limiter: RateLimiter | None = None, *, rules: Sequence[Rule] = (),
                  key: KeyFunc | None = None, cost: int | Callable[[Any], int] = 1,
+                 limits: LimitsFunc | None = None, count_when: CountWhen | None = None,
                  exempt_paths: Iterable[str] = (), exempt: Callable[[Any], bool] | None = None,
                  headers: bool = True, headers_on_allowed: bool = True,
                  shadow: bool = False, audit: _audit.AuditLog | None = None) -> None:
@@ -123,7 +100,7 @@ class RateLimitCore:
         self.audit = audit
         all_rules = list(rules)
         if limiter is not None:
-            all_rules.insert(0, Rule(limiter, cost=cost))
+            all_rules.insert(0, Rule(limiter, cost=cost, limits=limits, count_when=count_when))
         if not all_rules:
             raise ConfigurationError(
                 "give a limiter=RateLimiter('100/minute') or rules=[Rule(limiter, path=...)]"
@@ -156,7 +133,8 @@ class RateLimitCore:
         only = self.rules[0]
         self._simple = only if (
             len(self.rules) == 1 and only.methods is None and only.path is None
-            and only.key is None and not callable(only.cost) and not self._exempt_prefixes
+            and only.key is None and not callable(only.cost) and only.limits is None
+            and only.count_when is None and not self._exempt_prefixes
             and exempt is None) else None
 
     def check_now(self, method: str, path: str, request: Any) -> Verdict | None:
@@ -166,8 +144,10 @@ class RateLimitCore:
             return self.check(method, path, request)
         return None
 
-    def plan(self, method: str, path: str, request: Any) -> list[tuple[Rule, Any, int]]:
-        """The (rule, key, cost) acquisitions this request needs - pure, no I/O."""
+    def plan(self, method: str, path: str,
+             request: Any) -> list[tuple[Rule, Any, int, LimitsArg | None]]:
+        """The (rule, key, cost, limits) acquisitions this request needs - pure, no I/O
+        (``limits`` None: the limiter's own)."""
         for prefix in self._exempt_prefixes:
             if path == prefix or path.startswith(prefix + "/"):
                 return []
@@ -186,8 +166,13 @@ class RateLimitCore:
                 key = default_key
             if key is None:
                 continue
+            limits = None
+            if rule.limits is not None:
+                limits = rule.limits(request)
+                if limits is None:  # e.g. a plan without this limit
+                    continue
             cost = rule.cost(request) if callable(rule.cost) else rule.cost
-            out.append((rule, key, cost))
+            out.append((rule, key, cost, limits))
         return out
 
     def check(self, method: str, path: str, request: Any) -> Verdict:
@@ -201,12 +186,15 @@ class RateLimitCore:
                 return _PASS
             return self.verdict([(rule, rule.limiter.acquire(key, rule.cost))])  # type: ignore[arg-type]
         decided: list[tuple[Rule, Decision]] = []
-        for rule, key, cost in self.plan(method, path, request):
-            decision = rule.limiter.acquire(key, cost)
+        counted: list[Counted] = []
+        for rule, key, cost, limits in self.plan(method, path, request):
+            decision = rule.limiter.acquire(key, cost, limits=limits)
+            if rule.count_when is not None:
+                counted.append(Counted(len(decided), rule, key, cost, limits))
             decided.append((rule, decision))
             if not decision.allowed:
                 break
-        return self.verdict(decided) if decided else _PASS
+        return self.verdict(decided, counted) if decided else _PASS
 
     async def acheck(self, method: str, path: str, request: Any) -> Verdict:
         """Async twin of :meth:`check` (memory-backed limiters decide without awaiting)."""
@@ -222,15 +210,18 @@ class RateLimitCore:
                 return self.verdict([(rule, rule.limiter.acquire(key, cost))])
             return self.verdict([(rule, await rule.limiter.aacquire(key, cost))])
         decided: list[tuple[Rule, Decision]] = []
-        for rule, key, cost in self.plan(method, path, request):
+        counted: list[Counted] = []
+        for rule, key, cost, limits in self.plan(method, path, request):
             if rule._sync:
-                decision = rule.limiter.acquire(key, cost)
+                decision = rule.limiter.acquire(key, cost, limits=limits)
             else:
-                decision = await rule.limiter.aacquire(key, cost)
+                decision = await rule.limiter.aacquire(key, cost, limits=limits)
+            if rule.count_when is not None:
+                counted.append(Counted(len(decided), rule, key, cost, limits))
             decided.append((rule, decision))
             if not decision.allowed:
                 break
-        return self.verdict(decided) if decided else _PASS
+        return self.verdict(decided, counted) if decided else _PASS
 
     # -- audit (only with an AuditLog configured) ---------------------------------------------
     def _audited_check(self, method: str, path: str, request: Any) -> Verdict:
@@ -267,8 +258,10 @@ class RateLimitCore:
                 "outcome": "failure", "origination": who.ip(request),
                 "details": {"policy": refused.policy, "status": verdict.status}}
 
-    def verdict(self, decided: list[tuple[Rule, Decision]]) -> Verdict:
-        """Translate (rule, decision) pairs into a pass (with fields) or a 429/503 problem."""
+    def verdict(self, decided: list[tuple[Rule, Decision]],
+                counted: Sequence[Counted] = ()) -> Verdict:
+        """Translate (rule, decision) pairs into a pass (with fields) or a 429/503 problem;
+        ``counted``: the acquisitions to settle once the response is known."""
         last = decided[-1][1]
         refused = last if not last.allowed else None
         shadowed = any(d.shadowed for _, d in decided)
@@ -278,9 +271,10 @@ class RateLimitCore:
         if telemetry.active():
             _annotate_span(decisions, refused, shadowed)
         if refused is None:
-            if shadowed or not (self.headers and self.headers_on_allowed):
-                return Verdict(True, decisions=decisions)
-            return Verdict(True, headers=_fields(decided), decisions=decisions)
+            if counted:  # the fields wait for the response status (settle)
+                return Verdict(True, decisions=decisions, counted=list(counted))
+            return Verdict(True, headers=self._allowed_fields(decisions, shadowed),
+                           decisions=decisions)
         label = refused.policy_label
         if not refused.measured:  # on_backend_error="deny" refused: not the client's fault
             answer = problem(
@@ -294,8 +288,54 @@ class RateLimitCore:
                 429, type_=QUOTA_EXCEEDED, title=_TITLES[429], retry_after=wait,
                 detail=("The request costs more than the policy allows in one window."
                         if seconds is None else f"Quota exceeded; retry in {seconds} second(s)."),
-                violated_policies=[label], headers=_fields(decided) if self.headers else ())
+                violated_policies=[label], headers=_fields(decisions) if self.headers else ())
         return Verdict(False, answer.status, answer.wsgi_headers(), answer.body, decisions)
+
+    def _allowed_fields(self, decisions: list[Decision],
+                        shadowed: bool) -> list[tuple[str, str]]:
+        """The fields of a passed request: none when a shadowed refusal let it pass, or when
+        switched off."""
+        if shadowed or not (self.headers and self.headers_on_allowed):
+            return []
+        return _fields(decisions)
+
+    def _settled(self, verdict: Verdict) -> list[tuple[str, str]]:
+        decisions = verdict.decisions
+        shadowed = (any(d.shadowed for d in decisions)
+                    or (self.shadow and not decisions[-1].allowed))
+        verdict.counted = []
+        verdict.headers = self._allowed_fields(decisions, shadowed)
+        return verdict.headers
+
+    # -- count_when: settle a passed request once its response status is known -----------------
+    def refunds(self, verdict: Verdict, status: int) -> list[Counted]:
+        """The acquisitions of ``verdict`` to give back for a response of ``status`` - pure.
+
+        Only units really taken are given back: not a shadowed decision (nothing was consumed)
+        and not one an ``on_backend_error`` policy took (nothing, or a per-process copy)."""
+        out = []
+        for counted in verdict.counted:
+            decision = verdict.decisions[counted.index]
+            count_when = counted.rule.count_when
+            if (decision.allowed and not decision.shadowed and decision.fallback is None
+                    and count_when is not None and not count_when(status)):
+                out.append(counted)
+        return out
+
+    def settle(self, verdict: Verdict, status: int) -> list[tuple[str, str]]:
+        """Give back the units of a response ``count_when`` does not count (one round trip
+        each); the fields to send with it, from the state after (sync)."""
+        for counted in self.refunds(verdict, status):
+            verdict.decisions[counted.index] = counted.rule.limiter.refund(
+                counted.key, counted.cost, limits=counted.limits)
+        return self._settled(verdict)
+
+    async def asettle(self, verdict: Verdict, status: int) -> list[tuple[str, str]]:
+        """Async twin of :meth:`settle`."""
+        for counted in self.refunds(verdict, status):
+            verdict.decisions[counted.index] = await counted.rule.limiter.arefund(
+                counted.key, counted.cost, limits=counted.limits)
+        return self._settled(verdict)
 
 
 AppT = TypeVar("AppT")
@@ -309,27 +349,30 @@ class RateLimitEdge(Generic[AppT]):
 
     def __init__(self, app: AppT, limiter: RateLimiter | None = None, *,
                  rules: Sequence[Rule] = (), key: KeyFunc | None = None,
-                 cost: int | Callable[[Any], int] = 1, exempt_paths: Iterable[str] = (),
+                 cost: int | Callable[[Any], int] = 1, limits: LimitsFunc | None = None,
+                 count_when: CountWhen | None = None, exempt_paths: Iterable[str] = (),
                  exempt: Callable[[Any], bool] | None = None, headers: bool = True,
                  headers_on_allowed: bool = True, shadow: bool = False,
                  audit: _audit.AuditLog | None = None) -> None:
         self.app = app
-        self.core = RateLimitCore(limiter, rules=rules, key=key, cost=cost,
+        self.core = RateLimitCore(limiter, rules=rules, key=key, cost=cost, limits=limits,
+                                  count_when=count_when,
                                   exempt_paths=exempt_paths, exempt=exempt, headers=headers,
                                   headers_on_allowed=headers_on_allowed, shadow=shadow,
                                   audit=audit)
 
 
-def _fields(decided: Sequence[tuple[Rule, Decision]]) -> list[tuple[str, str]]:
-    """``RateLimit-Policy`` and ``RateLimit`` (one List item per limiter) from the decisions."""
-    if len(decided) == 1:
-        rule, decision = decided[0]
+def _fields(decisions: Sequence[Decision]) -> list[tuple[str, str]]:
+    """``RateLimit-Policy`` and ``RateLimit`` (one List item per limiter) from the decisions:
+    each decision's own policy (with limits per request, the limits it applied)."""
+    if len(decisions) == 1:
+        decision = decisions[0]
         item = decision.ratelimit_field()
         if item is None:  # an on_backend_error policy decided: nothing measured
-            return [("RateLimit-Policy", rule.limiter.policy_field)]
-        return [("RateLimit-Policy", rule.limiter.policy_field), ("RateLimit", item)]
-    fields = [("RateLimit-Policy", ", ".join(rule.limiter.policy_field for rule, _ in decided))]
-    items = [item for _, d in decided if (item := d.ratelimit_field()) is not None]
+            return [("RateLimit-Policy", decision.policy_field)]
+        return [("RateLimit-Policy", decision.policy_field), ("RateLimit", item)]
+    fields = [("RateLimit-Policy", ", ".join(d.policy_field for d in decisions))]
+    items = [item for d in decisions if (item := d.ratelimit_field()) is not None]
     if items:
         fields.append(("RateLimit", ", ".join(items)))
     return fields

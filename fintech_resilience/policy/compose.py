@@ -5,7 +5,8 @@ For every call::
     rate limit -> bulkhead -> retry loop -> (each attempt) breaker -> timeout -> call
 
 * the **rate limit** is checked once per call (a retry is not a new request from the user), and
-  refuses with :class:`~fintech_resilience.RateLimited`;
+  refuses with :class:`~fintech_resilience.RateLimited` - after waiting up to
+  ``rate_limit_wait`` seconds for a permit, if given;
 * the **bulkhead** slot is held for the whole call, retries and waits included, so a retry storm
   cannot take more than ``max_concurrent`` slots; full -> :class:`BulkheadFull`;
 * the **retry** loop runs the attempts; every attempt passes the **breaker** - an OPEN breaker
@@ -37,6 +38,7 @@ from ..core import telemetry
 from ..core.decorate import around_calls
 from ..errors import ConfigurationError, RateLimited
 from ..ratelimit.limiter import RateLimiter
+from ..ratelimit.waiting import check_max_wait
 from ..retries.core import Retry, current_attempt
 from .bulkhead import Bulkhead
 from .deadline import TimeLimit
@@ -72,6 +74,9 @@ class Policy:
     :param rate_limit: a :class:`~fintech_resilience.RateLimiter`, checked once per call.
     :param rate_key: the rate-limit key: a constant or ``(*args, **kwargs) -> key``
         (default: ``name``).
+    :param rate_limit_wait: seconds a call may wait for a rate-limit permit before
+        :class:`~fintech_resilience.RateLimited` (default 0: refused at once); see
+        :meth:`RateLimiter.acquire <fintech_resilience.RateLimiter.acquire>`'s ``max_wait``.
     :param bulkhead: a :class:`~fintech_resilience.Bulkhead` held for the whole call.
     :param retry: a :func:`~fintech_resilience.retry` policy for the attempts.
     :param breaker: a :class:`~fintech_resilience.CircuitBreaker` (or anything following
@@ -82,12 +87,20 @@ class Policy:
 
     def __init__(self, *, name: str = "default", rate_limit: RateLimiter | None = None,
                  rate_key: Callable[..., KeyArg] | KeyArg | None = None,
+                 rate_limit_wait: float = 0.0,
                  bulkhead: Bulkhead | None = None, retry: Retry | None = None,
                  breaker: BreakerLike | None = None,
                  timeout: float | TimeLimit | None = None) -> None:
         self.name = _keys.validate_name(name)
         if rate_limit is not None and not hasattr(rate_limit, "acquire"):
             raise ConfigurationError(f"rate_limit must be a fr.RateLimiter; got {rate_limit!r}")
+        if rate_limit_wait:
+            try:
+                rate_limit_wait = check_max_wait(rate_limit_wait)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"rate_limit_wait: {exc}") from None
+            if rate_limit is None:
+                raise ConfigurationError("rate_limit_wait needs a rate_limit to wait for")
         if bulkhead is not None and not isinstance(bulkhead, Bulkhead):
             raise ConfigurationError(
                 f"bulkhead must be a fr.Bulkhead (e.g. fr.Bulkhead(20)); got {bulkhead!r}")
@@ -101,6 +114,7 @@ class Policy:
         if timeout is not None and not isinstance(timeout, TimeLimit):
             timeout = TimeLimit(timeout, name=self.name)
         self.rate_limit = rate_limit
+        self.rate_limit_wait = float(rate_limit_wait or 0.0)
         self.bulkhead = bulkhead
         self.retry = retry
         self.breaker = breaker
@@ -170,7 +184,10 @@ class Policy:
     @contextlib.contextmanager
     def _admission(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[None]:
         if self.rate_limit is not None:
-            decision = self.rate_limit.acquire(self._key_of(*args, **kwargs))
+            key = self._key_of(*args, **kwargs)
+            # max_wait only when set: a rate_limit need only have acquire(key) (see __init__)
+            decision = (self.rate_limit.acquire(key, max_wait=self.rate_limit_wait)
+                        if self.rate_limit_wait else self.rate_limit.acquire(key))
             if not decision.allowed:
                 raise RateLimited(decision)
         with self.bulkhead.hold() if self.bulkhead is not None else contextlib.nullcontext():
@@ -180,7 +197,9 @@ class Policy:
     async def _aadmission(self, args: tuple[Any, ...], kwargs: dict[str, Any]
                           ) -> AsyncIterator[None]:
         if self.rate_limit is not None:
-            decision = await self.rate_limit.aacquire(self._key_of(*args, **kwargs))
+            key = self._key_of(*args, **kwargs)
+            decision = (await self.rate_limit.aacquire(key, max_wait=self.rate_limit_wait)
+                        if self.rate_limit_wait else await self.rate_limit.aacquire(key))
             if not decision.allowed:
                 raise RateLimited(decision)
         if self.bulkhead is None:

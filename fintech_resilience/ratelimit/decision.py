@@ -138,6 +138,12 @@ class Decision:
         return self._spec.rates[self._index()].text
 
     @property
+    def policy_field(self) -> str:
+        """The IETF ``RateLimit-Policy`` field of the limits this decision applied (with limits
+        per key or per request, it varies from one decision to the next)."""
+        return self._spec.policy_field
+
+    @property
     def policy_label(self) -> str:
         """The tightest limit's item name in the HTTP fields (``"api"``, or ``"api-1"``)."""
         return self._spec.label(self._index())

@@ -15,7 +15,7 @@ import limits as _limits
 
 from ..errors import ConfigurationError
 
-__all__ = ["MAX_AMOUNT", "MAX_LIMITS", "Rate", "expand_units", "parse_limits"]
+__all__ = ["MAX_AMOUNT", "MAX_LIMITS", "Rate", "check_cost", "expand_units", "parse_limits"]
 
 #: Largest cost or limit accepted: sums stay exact in the doubles Lua computes with.
 MAX_AMOUNT: Final = 2**48
@@ -38,6 +38,16 @@ def expand_units(spec: str) -> str:
     """
     return _UNIT.sub(lambda m: m.group(1) + SHORT_UNITS.get(m.group(2).lower(), m.group(2)),
                      spec)
+
+
+def check_cost(cost: object) -> int:
+    """``cost``: an int from 1 to :data:`MAX_AMOUNT`, else ConfigurationError."""
+    if type(cost) is not int or not 1 <= cost <= MAX_AMOUNT:
+        raise ConfigurationError(
+            f"cost must be an int between 1 and {MAX_AMOUNT} (money in integer minor units);"
+            f" got {cost!r}"
+        )
+    return cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,4 +92,11 @@ def parse_limits(spec: str | Sequence[str]) -> tuple[Rate, ...]:
             rates.append(Rate(item.amount, item.get_expiry(), f"{item.amount}/{per}"))
     if len(rates) > MAX_LIMITS:
         raise ConfigurationError(f"at most {MAX_LIMITS} limits can be combined in one RateLimiter")
+    periods = [rate.period for rate in rates]
+    if len(set(periods)) != len(periods):
+        # a limit's state is stored per window length: two limits of one window would share it
+        # (and only the tighter of them can ever refuse)
+        raise ConfigurationError(
+            f"two limits of the same window in {spec!r}: keep the tighter one"
+        )
     return tuple(sorted(rates, key=lambda r: (r.period, r.amount)))

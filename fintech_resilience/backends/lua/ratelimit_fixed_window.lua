@@ -41,7 +41,8 @@ for i = 1, n do
     redis.call('HSET', KEYS[i], 'w', string.format('%.17g', s[1]), 'c', string.format('%.17g', c))
     redis.call('PEXPIRE', KEYS[i], math.ceil((s[3] + window) / 1000))
   end
-  out[2 * i + 1] = limit - c
+  -- a hit (ratelimit_fixed_window_adjust.lua) may have counted past the limit
+  out[2 * i + 1] = math.max(limit - c, 0)
   out[2 * i + 2] = s[3]
 end
 return out

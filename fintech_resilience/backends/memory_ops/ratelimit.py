@@ -154,6 +154,6 @@ def fixed_window(
         if allowed:
             c = c + cost
             store.set(key, (index, c), _ceil_ms_us(reset + window), now_us)
-        out.append(int(limit - c))
+        out.append(max(int(limit - c), 0))
         out.append(int(reset))
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 from ..asgi_types import ASGIApp, Message, Receive, Scope, Send
-from ..ratelimit_http import RateLimitEdge
+from ..ratelimit_http import RateLimitEdge, Verdict
 
 __all__ = ["RateLimitMiddleware", "encode_fields"]
 
@@ -31,6 +31,11 @@ class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
     :param key: ``callable(scope) -> key | None``; default :func:`fintech_resilience.keys.
         principal_or_ip` with no trusted proxies (the TCP peer). ``None`` means "not limited".
     :param cost: units per request for ``limiter`` (an int or ``callable(scope) -> int``).
+    :param limits: ``callable(scope) -> rate string | None``: each request's limits for
+        ``limiter`` (per plan, per tenant); ``None`` means "not limited".
+    :param count_when: ``callable(status) -> bool``: ``limiter`` counts only the responses it
+        is true for; the others get their unit back before the fields are sent (``Rule`` takes
+        both options too).
     :param exempt_paths: path prefixes never limited (``["/healthz", "/metrics"]``).
     :param exempt: ``callable(scope) -> bool``; true means not limited.
     :param headers: send ``RateLimit``/``RateLimit-Policy`` (``Retry-After`` is always sent on 429).
@@ -60,6 +65,9 @@ class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
                         "headers": encode_fields(verdict.headers)})
             await send({"type": "http.response.body", "body": verdict.body})
             return
+        if verdict.counted:
+            await self._count_by_outcome(verdict, scope, receive, send)
+            return
         if not verdict.headers:
             await self.app(scope, receive, send)
             return
@@ -72,6 +80,29 @@ class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
             return send(message)
 
         await self.app(scope, receive, send_with_fields)
+
+    async def _count_by_outcome(self, verdict: Verdict, scope: Scope, receive: Receive,
+                                send: Send) -> None:
+        """Run the app and settle the count once its response status is known (the fields go
+        out with that status); an app that fails before answering is settled as a 500."""
+        core = self.core
+        settled = False
+
+        async def send_settled(message: Message) -> None:
+            nonlocal settled
+            if message["type"] == "http.response.start" and not settled:
+                settled = True
+                fields = await core.asettle(verdict, message["status"])
+                if fields:
+                    message["headers"] = [*message.get("headers", ()), *encode_fields(fields)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_settled)
+        finally:
+            if not settled:
+                settled = True
+                await core.asettle(verdict, 500)
 
 
 def encode_fields(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..http import reason_phrase
-from ..ratelimit_http import RateLimitEdge
+from ..ratelimit_http import RateLimitEdge, Verdict
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import (
@@ -40,6 +40,8 @@ class RateLimitMiddleware(RateLimitEdge["WSGIApplication"]):
         if not verdict.allowed:
             start_response(f"{verdict.status} {reason_phrase(verdict.status)}", verdict.headers)
             return [verdict.body]
+        if verdict.counted:
+            return self._count_by_outcome(verdict, environ, start_response)
         if not verdict.headers:
             return self.app(environ, start_response)
         extra = verdict.headers
@@ -49,3 +51,25 @@ class RateLimitMiddleware(RateLimitEdge["WSGIApplication"]):
             return start_response(status, [*headers, *extra], exc_info)
 
         return self.app(environ, start_with_fields)
+
+    def _count_by_outcome(self, verdict: Verdict, environ: WSGIEnvironment,
+                          start_response: StartResponse) -> Iterable[bytes]:
+        """Run the app and settle the count when it starts its response (the fields go out
+        with that status); an app that raises before starting it is settled as a 500."""
+        core = self.core
+        settled = False
+
+        def start_settled(status: str, headers: list[tuple[str, str]],
+                          exc_info: Any = None) -> Callable[[bytes], object]:
+            nonlocal settled
+            if not settled:
+                settled = True
+                headers = [*headers, *core.settle(verdict, int(status.split(" ", 1)[0]))]
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.app(environ, start_settled)
+        except BaseException:
+            if not settled:
+                core.settle(verdict, 500)
+            raise
