@@ -233,7 +233,11 @@ def test_half_open_known_locally_admits_at_most_half_open_calls_probes(
         finally:
             fresh_redis.resume()
     assert 1 <= tally.ran <= SETTINGS["half_open_calls"]
-    assert breaker.known_state is BreakerState.OPEN
+    # back on Redis the shared state wins; commands a paused server received late may have
+    # run after it resumed (a timed-out acquire can still take the other permit), so it is
+    # still probing or open again - never closed by probes that failed
+    assert breaker.known_state in (BreakerState.OPEN, BreakerState.HALF_OPEN)
+    assert breaker.state in (BreakerState.OPEN, BreakerState.HALF_OPEN)
     breaker.backend.close()
 
 

@@ -321,13 +321,15 @@ async def test_a_lane_without_hiredis_decides_the_same(redis_url: str) -> None:
 async def test_decisions_at_cost_one_send_the_kept_encoding(redis_url: str) -> None:
     rl = _limiter(redis_url)
     try:
-        assert rl._args(1) is rl._usual_args  # cost 1: the same tuple each time
-        assert rl._args(2) is not rl._args(2)  # other costs: fresh ones
+        applied = rl._applied("k", None)
+        usual = applied.usual_args
+        assert rl._args(applied, 1) is usual  # cost 1: the same tuple each time
+        assert rl._args(applied, 2) is not rl._args(applied, 2)  # other costs: fresh ones
         first = await rl.aacquire("k")
         heavier = await rl.aacquire("k", cost=5)
         again = await rl.aacquire("k")
-        parts = rl.backend._commands._parts[id(rl._usual_args)]
-        assert parts[0] is rl._usual_args and parts[2] is not None  # encoded once, kept
+        parts = rl.backend._commands._parts[id(usual)]
+        assert parts[0] is usual and parts[2] is not None  # encoded once, kept
         assert (first.remaining, heavier.remaining, again.remaining) == (999, 994, 993)
         assert (await rl.aacquire("other")).remaining == 999
         assert rl.acquire("k").remaining == 992  # sync decisions send it too
