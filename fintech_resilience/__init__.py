@@ -13,7 +13,16 @@ from . import audit, chaos, keys, testing
 from ._version import __version__
 from .audit import AuditLog, AuditRecord
 from .backends import Backend, MemoryBackend, RedisBackend
-from .breaker import BreakerState, CircuitBreaker, CountWindow, TimeWindow, Transition
+from .breaker import (
+    BreakerState,
+    CallEvent,
+    CallKind,
+    CircuitBreaker,
+    CountWindow,
+    TimeWindow,
+    Transition,
+)
+from .core.hooks import Refusal
 from .core.outcomes import Outcome, Verdict, on_exceptions, on_result, on_status
 from .core.redaction import Redactor
 from .errors import (
@@ -51,6 +60,7 @@ from .ratelimit import ConcurrencyLimiter, Decision, LimitStatus, RateLimiter, S
 from .residency import RegionalBackend
 from .retries import (
     Attempt,
+    AttemptDetails,
     Retry,
     RetryBudget,
     RetryDetails,
@@ -61,11 +71,13 @@ from .retries import (
     exponential,
     full_jitter,
     retry,
+    retrying,
 )
 
 __all__ = [
     "AesGcmCipher",
     "Attempt",
+    "AttemptDetails",
     "AuditLog",
     "AuditRecord",
     "Backend",
@@ -74,6 +86,8 @@ __all__ = [
     "BreakerState",
     "Bulkhead",
     "BulkheadFull",
+    "CallEvent",
+    "CallKind",
     "CircuitBreaker",
     "CircuitOpen",
     "ConcurrencyLimited",
@@ -99,6 +113,7 @@ __all__ = [
     "RateLimiter",
     "Redactor",
     "RedisBackend",
+    "Refusal",
     "RegionalBackend",
     "ResidencyViolation",
     "ResilienceError",
@@ -129,6 +144,7 @@ __all__ = [
     "on_result",
     "on_status",
     "retry",
+    "retrying",
     "testing",
     "timeout",
 ]

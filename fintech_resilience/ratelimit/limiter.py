@@ -28,7 +28,7 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar
 from ..audit import log as _audit
 from ..backends import default_backend
 from ..backends.base import Backend, BackendGuard, Fallback, LocalReply, OnBackendError
-from ..core import storage_keys, telemetry
+from ..core import hooks, storage_keys, telemetry
 from ..core.clock import Clock
 from ..core.decorate import around_calls
 from ..errors import ConfigurationError, RateLimited
@@ -71,6 +71,9 @@ class RateLimiter:
         by default the backend's clock decides (Redis ``TIME``).
     :param audit: where refusals are audited (``ratelimit.limit_hit``); default the process-wide
         :func:`fintech_resilience.audit.get_default` log, if one is set.
+    :param on_refusal: called with a :class:`~fintech_resilience.core.hooks.Refusal` for every
+        refused decision (and every shadow "would refuse"); see
+        :mod:`fintech_resilience.core.hooks`.
     """
 
     def __init__(self, limits: str | Sequence[str], *, backend: Backend | None = None,
@@ -78,7 +81,8 @@ class RateLimiter:
                  shadow: bool = False, on_backend_error: OnBackendError = "local",
                  deny_retry_after: float = 1.0, clock: Clock | None = None,
                  namespace: str = storage_keys.DEFAULT_NAMESPACE,
-                 audit: _audit.AuditLog | None = None) -> None:
+                 audit: _audit.AuditLog | None = None,
+                 on_refusal: hooks.RefusalHook | None = None) -> None:
         if algorithm not in ALGORITHMS:
             raise ConfigurationError(
                 f"algorithm must be one of {', '.join(ALGORITHMS)}; got {algorithm!r}"
@@ -87,8 +91,10 @@ class RateLimiter:
             raise ConfigurationError(f"burst must be a positive int; got {burst!r}")
         if burst is not None and algorithm != "gcra":
             raise ConfigurationError("burst applies to algorithm='gcra' only")
+        hooks.check(on_refusal, "on_refusal")
         self.rates = parse_limits(limits)
         self.audit = audit
+        self.on_refusal = on_refusal
         self.algorithm: Algorithm = algorithm
         self.name = storage_keys.validate_name(name)
         self.namespace = storage_keys.validate_name(namespace, "namespace")
@@ -148,12 +154,15 @@ class RateLimiter:
         now = 0 if self.clock is None else round(self.clock.time() * 1_000_000)
         return (now, _check_cost(cost), *self.spec.parameters)
 
-    def _decide(self, result: Any, cost: int) -> Decision:
-        """Turn the backend's reply (or the fallback's) into a decision; telemetry and audit."""
+    def _decide(self, result: Any, cost: int, key: KeyArg) -> Decision:
+        """Turn the backend's reply (or the fallback's) into a decision; telemetry, audit and
+        the refusal hook."""
         if type(result) is list and result[0]:  # admitted by the backend: the usual answer
             decision = Decision(True, result, self.spec)
         elif isinstance(result, Fallback):
             decision = Decision(result.allow, (), self.spec, fallback=self._guard.policy)
+            if not decision.allowed and self.on_refusal is not None:
+                self._refused(decision, key)
         else:
             fallback = "local" if type(result) is LocalReply else None
             admitted = bool(result[0])
@@ -162,9 +171,17 @@ class RateLimiter:
             if not decision.allowed and (self.audit is not None
                                          or _audit.get_default() is not None):
                 _audit_limit_hit(self, decision)
+            if not admitted and self.on_refusal is not None:
+                self._refused(decision, key)
         if telemetry.active():
             self._emit(decision, cost)
         return decision
+
+    def _refused(self, decision: Decision, key: KeyArg) -> None:
+        assert self.on_refusal is not None
+        hooks.notify(self.on_refusal, hooks.Refusal(
+            telemetry.Pattern.RATELIMIT, self.name, RateLimited(decision), decision.retry_after,
+            key, decision.shadowed), f"rate limiter {self.name!r}", "on_refusal")
 
     def _emit(self, decision: Decision, cost: int) -> None:
         outcome = ("shadow_deny" if decision.shadowed
@@ -181,15 +198,15 @@ class RateLimiter:
         """Decide for ``key`` and, if admitted, consume ``cost`` from every limit."""
         args = self._args(cost)
         keys = self._key_cache.get(key) or self._keys(key)  # type: ignore[arg-type]
-        return self._decide(self._run(keys, args), cost)
+        return self._decide(self._run(keys, args), cost, key)
 
     async def aacquire(self, key: KeyArg, cost: int = 1) -> Decision:
         """Async twin of :meth:`acquire`."""
         args = self._args(cost)
         keys = self._key_cache.get(key) or self._keys(key)  # type: ignore[arg-type]
         if not self.backend.can_fail:  # in process: nothing to await
-            return self._decide(self._run(keys, args), cost)
-        return self._decide(await self._guard.arun(self._script, keys, args), cost)
+            return self._decide(self._run(keys, args), cost, key)
+        return self._decide(await self._guard.arun(self._script, keys, args), cost, key)
 
     def limit(self, key: Callable[..., KeyArg] | KeyArg,
               cost: Callable[..., int] | int = 1) -> Callable[[Callable[P, R]], Callable[P, R]]:
