@@ -47,6 +47,7 @@ __all__ = [
     "emit_transition",
     "error_type",
     "logger",
+    "mark_result",
     "meter",
     "record_call",
     "refresh",
@@ -91,9 +92,11 @@ class Attr:
     # OpenTelemetry semantic-convention names (HTTP client attempts, chaos HTTP faults)
     HTTP_STATUS: Final = "http.response.status_code"
     HTTP_METHOD: Final = "http.request.method"
+    HTTP_METHOD_ORIGINAL: Final = "http.request.method_original"
     HTTP_RESEND_COUNT: Final = "http.request.resend_count"
     SERVER_ADDRESS: Final = "server.address"
     SERVER_PORT: Final = "server.port"
+    URL_FULL: Final = "url.full"
 
 
 class Event:
@@ -356,6 +359,14 @@ def error_type(error: BaseException) -> str:
     failure names its status code, as the HTTP conventions write it), else its class name."""
     named = getattr(error, "error_type", None)
     return named if isinstance(named, str) else type(error).__qualname__
+
+
+def mark_result(span: Any, result: Any) -> Any:
+    """Mark a recording span whose call returned ``result`` (an HTTP answer of 500 or more is
+    an error, :func:`set_error`); returns ``result``."""
+    if span.is_recording():
+        set_error(span, None, status_of(result))
+    return result
 
 
 def status_of(result: Any) -> int | None:

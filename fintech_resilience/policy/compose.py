@@ -210,8 +210,8 @@ class Policy:
         try:
             if not telemetry.active():
                 return self._call(fn, args, kwargs)
-            with telemetry.call_span(telemetry.Pattern.POLICY, self.name):
-                return self._call(fn, args, kwargs)
+            with telemetry.call_span(telemetry.Pattern.POLICY, self.name) as span:
+                return cast(R, telemetry.mark_result(span, self._call(fn, args, kwargs)))
         except Exception as exc:
             if self.fallback is None or not self.fallback.handles(exc):
                 raise
@@ -232,8 +232,8 @@ class Policy:
         try:
             if not telemetry.active():
                 return await self._acall(fn, args, kwargs)
-            with telemetry.call_span(telemetry.Pattern.POLICY, self.name):
-                return await self._acall(fn, args, kwargs)
+            with telemetry.call_span(telemetry.Pattern.POLICY, self.name) as span:
+                return cast(R, telemetry.mark_result(span, await self._acall(fn, args, kwargs)))
         except Exception as exc:
             if self.fallback is None or not self.fallback.handles(exc):
                 raise
