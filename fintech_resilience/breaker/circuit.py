@@ -33,18 +33,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
-from ..audit import log as _audit
 from ..backends.base import Backend, BackendGuard, Fallback, LocalReply, OnBackendError
 from ..backends.memory import MemoryBackend, default_backend
-from ..backends.memory_ops.breaker import closed_success_bound, seed
+from ..backends.memory_ops.breaker import closed_success_bound
 from ..core import hooks, telemetry
 from ..core import storage_keys as _keys
 from ..core.clock import Clock
 from ..core.decorate import around_calls
 from ..core.outcomes import Classifier, Outcome, OutcomeRule, Verdict
 from ..errors import CircuitOpen, ConfigurationError
+from . import events
 from .controls import OperatorControls
-from .events import CallEvent, CallHook, CallKind, Listener, report_transition
+from .events import CallHook, CallKind, Listener
 from .state import (
     BreakerState,
     CountWindow,
@@ -214,7 +214,7 @@ class CircuitBreaker(OperatorControls):
         if isinstance(result, Fallback):
             if result.allow:
                 return (-1, "", now)
-            raise self._refused(CircuitOpen(self.name, self._refresh or 1.0, None))
+            raise events.refused(self, CircuitOpen(self.name, self._refresh or 1.0, None))
         view = self._apply(result, seq, now)
         if result[3]:
             probe = token if view.state is BreakerState.HALF_OPEN else ""
@@ -232,8 +232,7 @@ class CircuitBreaker(OperatorControls):
             verdict = self.classifier.classify(Outcome(result, exc, duration))
         slow = 1 if self._slow is not None and duration >= self._slow else 0
         if self.on_call is not None:
-            hooks.notify(self.on_call, CallEvent(self.name, _KINDS[verdict], duration, bool(slow),
-                                                 exc, result), self._owner, "on_call")
+            events.called(self, _KINDS[verdict], duration, bool(slow), exc, result)
         if verdict is Verdict.NEUTRAL and not ticket[1]:
             return None  # counts for nothing and holds no permit: no round trip
         if (in_place and verdict is Verdict.SUCCESS and not slow and not ticket[1]
@@ -260,22 +259,7 @@ class CircuitBreaker(OperatorControls):
                 telemetry.Attr.STATE: view.state.name,
                 telemetry.Attr.RETRY_AFTER: retry_after,
             })
-        return self._refused(CircuitOpen(self.name, retry_after, view.state))
-
-    @property
-    def _owner(self) -> str:
-        return f"circuit breaker {self.name!r}"
-
-    def _refused(self, error: CircuitOpen) -> CircuitOpen:
-        """A rejection, as the hooks see it (if any are set)."""
-        if self.on_refusal is not None:
-            hooks.notify(self.on_refusal, hooks.Refusal(
-                telemetry.Pattern.BREAKER, self.name, error, error.retry_after), self._owner,
-                "on_refusal")
-        if self.on_call is not None:
-            hooks.notify(self.on_call, CallEvent(self.name, CallKind.REJECTED, 0.0, False, error),
-                         self._owner, "on_call")
-        return error
+        return events.refused(self, CircuitOpen(self.name, retry_after, view.state))
 
     def _apply(self, reply: Any, seq: int, now: float) -> View:
         """Adopt a reply as the new view (unless a newer one arrived meanwhile); notify."""
@@ -289,43 +273,12 @@ class CircuitBreaker(OperatorControls):
             self._shared = new
         previous = int(reply[4])
         if previous >= 0:
-            self._notify(Transition(self.name, BreakerState(previous), new.state, True,
-                                    new.retry_after))
+            events.announce(self, Transition(self.name, BreakerState(previous), new.state, True,
+                                             new.retry_after))
         elif old is not None and old.state is not new.state:
-            self._notify(Transition(self.name, old.state, new.state, False, new.retry_after))
+            events.announce(self, Transition(self.name, old.state, new.state, False,
+                                             new.retry_after))
         return new
-
-    def _prepare_local(self, local: MemoryBackend) -> None:
-        """Before the local fallback (``on_backend_error="local"``) decides: if the backend
-        taught this process something since the fallback last heard, put that state into it,
-        so the fallback goes on from it - never from a fresh CLOSED breaker. From then on the
-        fallback's own decisions carry it forward, until the backend answers again."""
-        view = self._shared
-        if view is None or view is self._seeded:
-            return
-        with self._seed_lock:
-            if view is self._seeded:
-                return
-            now = self._mono()
-            now_us = self._now_us() or local.now_us()
-            # for states other than OPEN / FORCED_OPEN, ``until`` is when the view was learned
-            seed(local, self._keys[0], view.state, view.gen,
-                 break_ends_us=now_us + round((view.ends - now) * 1_000_000),
-                 counts=(view.calls, view.failures, view.slow_calls),
-                 counts_at_us=now_us - round((now - view.until) * 1_000_000),
-                 window=self._record_tail[:3], ttl_ms=self.settings.ttl_ms, now_us=now_us)
-            self._seeded = view
-
-    def _notify(self, transition: Transition) -> None:
-        if transition.caused_here:
-            report_transition(transition)
-            log = self._audit_log()
-            if log is not None:  # in an event loop: written by a task on it (arecord)
-                _audit.emit_soon(log, log.build(
-                    _audit.EventType.BREAKER_TRANSITION, resource=f"breaker:{self.name}",
-                    details={"from": transition.previous.name, "to": transition.state.name}))
-        for listener in self.listeners:
-            hooks.notify(listener, transition, self._owner, "listener")
 
     # -- sync driver ------------------------------------------------------------------------------
     def _enter(self) -> _Ticket:

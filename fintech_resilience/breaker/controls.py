@@ -1,17 +1,21 @@
 """The state and operator controls of a :class:`~fintech_resilience.CircuitBreaker`: reading
-the shared state, and the commands an operator gives every process at once (``force_open``,
-``disable``, ``metrics_only``, ``reset``), audited as ``operator.override``.
+the shared state, the commands an operator gives every process at once (``force_open``,
+``disable``, ``metrics_only``, ``reset``), audited as ``operator.override``, and handing the
+last shared state to the per-process fallback when the backend fails.
 
 Mixed into :class:`~fintech_resilience.CircuitBreaker`, whose state it reads and adopts.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from ..audit import log as _audit
 from ..backends.base import Backend, BackendGuard, Fallback
+from ..backends.memory import MemoryBackend
+from ..backends.memory_ops.breaker import seed
 from .state import BreakerState, Settings, View
 
 if TYPE_CHECKING:
@@ -34,6 +38,10 @@ class OperatorControls:
     _view: View | None
     _seq: int
     _mono: Callable[[], float]
+    _shared: View | None
+    _seeded: View | None
+    _seed_lock: threading.Lock
+    _record_tail: tuple[Any, ...]
 
     def _now_us(self) -> int:
         raise NotImplementedError
@@ -139,3 +147,24 @@ class OperatorControls:
     async def areset(self, *, actor: str | None = None) -> BreakerState:
         """Async twin of :meth:`reset`."""
         return await self._acommand("reset", actor)
+
+    def _prepare_local(self, local: MemoryBackend) -> None:
+        """Before the local fallback (``on_backend_error="local"``) decides: if the backend
+        taught this process something since the fallback last heard, put that state into it,
+        so the fallback goes on from it - never from a fresh CLOSED breaker. From then on the
+        fallback's own decisions carry it forward, until the backend answers again."""
+        view = self._shared
+        if view is None or view is self._seeded:
+            return
+        with self._seed_lock:
+            if view is self._seeded:
+                return
+            now = self._mono()
+            now_us = self._now_us() or local.now_us()
+            # for states other than OPEN / FORCED_OPEN, ``until`` is when the view was learned
+            seed(local, self._keys[0], view.state, view.gen,
+                 break_ends_us=now_us + round((view.ends - now) * 1_000_000),
+                 counts=(view.calls, view.failures, view.slow_calls),
+                 counts_at_us=now_us - round((now - view.until) * 1_000_000),
+                 window=self._record_tail[:3], ttl_ms=self.settings.ttl_ms, now_us=now_us)
+            self._seeded = view

@@ -12,7 +12,8 @@ Three hooks, each a plain callable, each costing nothing when unset:
   the same hook the rate limiter and the bulkhead offer.
 
 A hook that raises is logged and the call goes on. Transitions are also logged (WARNING for
-OPEN / FORCED_OPEN, INFO otherwise) and counted in telemetry, once, by the process causing them.
+OPEN / FORCED_OPEN, INFO otherwise), counted in telemetry and audited (``breaker.transition``),
+once, by the process causing them.
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..core import telemetry
+from ..audit import log as _audit
+from ..core import hooks, telemetry
+from ..errors import CircuitOpen
 from .state import BreakerState, Transition
 
-__all__ = ["CallEvent", "CallHook", "CallKind", "Listener", "report_transition"]
+if TYPE_CHECKING:
+    from .circuit import CircuitBreaker
+
+__all__ = ["CallEvent", "CallHook", "CallKind", "Listener", "announce", "called", "refused",
+           "report_transition"]
 
 #: A transition listener.
 Listener = Callable[[Transition], object]
@@ -83,3 +90,40 @@ def report_transition(transition: Transition) -> None:
     if telemetry.active():
         telemetry.emit_transition(transition.name, transition.state.name,
                                   transition.previous.name)
+
+
+def _owner(breaker: CircuitBreaker) -> str:
+    return f"circuit breaker {breaker.name!r}"
+
+
+def announce(breaker: CircuitBreaker, transition: Transition) -> None:
+    """A transition this process saw: reported and audited where it was caused, then given to
+    every listener."""
+    if transition.caused_here:
+        report_transition(transition)
+        log = breaker._audit_log()
+        if log is not None:  # in an event loop: written by a task on it (arecord)
+            _audit.emit_soon(log, log.build(
+                _audit.EventType.BREAKER_TRANSITION, resource=f"breaker:{breaker.name}",
+                details={"from": transition.previous.name, "to": transition.state.name}))
+    for listener in breaker.listeners:
+        hooks.notify(listener, transition, _owner(breaker), "listener")
+
+
+def called(breaker: CircuitBreaker, kind: CallKind, duration: float, slow: bool,
+           exception: BaseException | None, result: Any) -> None:
+    """A call went through: its event to ``on_call`` (set)."""
+    assert breaker.on_call is not None
+    hooks.notify(breaker.on_call, CallEvent(breaker.name, kind, duration, slow, exception,
+                                            result), _owner(breaker), "on_call")
+
+
+def refused(breaker: CircuitBreaker, error: CircuitOpen) -> CircuitOpen:
+    """A rejection, as the hooks see it (if any are set); returns ``error`` to raise."""
+    if breaker.on_refusal is not None:
+        hooks.notify(breaker.on_refusal, hooks.Refusal(
+            telemetry.Pattern.BREAKER, breaker.name, error, error.retry_after), _owner(breaker),
+            "on_refusal")
+    if breaker.on_call is not None:
+        called(breaker, CallKind.REJECTED, 0.0, False, error, None)
+    return error

@@ -50,15 +50,14 @@ from ..core.outcomes import ExceptionSpec, Outcome, exception_predicate
 from ..errors import (
     CircuitOpen,
     ConfigurationError,
-    IdempotencyKeyInvalid,
     RetryBudgetExhausted,
     RetryError,
 )
 from ..testing import is_test_mode
 from .attempt import CURRENT, SPAN_NAME, Attempt, Call, current_attempt
-from .backoff import full_jitter
 from .drive import WITHDRAW, AsyncSteps, Steps
 from .hooks import AttemptDetails, AttemptHook, Hooks, RetryDetails, RetryHook
+from .options import check_options, valid_key, wait_strategy
 from .retry_after import default_retry_after, parse_retry_after
 
 if TYPE_CHECKING:
@@ -74,18 +73,6 @@ KeySpec = Literal["auto"] | Callable[..., str | None] | None
 
 #: Failures that are decisions, not transient faults: retrying them only adds load.
 NEVER_RETRIED: Final = (CircuitOpen, RetryBudgetExhausted)
-
-
-def _valid_key(key: object) -> str | None:
-    """The idempotency key if valid (1-255 printable ASCII), None if absent; else raise."""
-    if key is None:
-        return None
-    if isinstance(key, str) and 1 <= len(key) <= 255 and key.isascii() and key.isprintable():
-        return key
-    raise IdempotencyKeyInvalid(
-        "an idempotency key must be 1-255 printable ASCII characters"
-        f" (got a {type(key).__name__} of length {len(key) if isinstance(key, str) else '?'})"
-    )
 
 
 def qualified_name(fn: Any) -> str:
@@ -160,47 +147,12 @@ class Retry:
     ) -> None:
         # the options as given, for replace() (locals() holds exactly the parameters here)
         self._options = {name: value for name, value in locals().items() if name != "self"}
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ConfigurationError(
-                f"attempts must be an int >= 1 (1 = no retries); got {attempts!r}")
-        if deadline is not None and (isinstance(deadline, bool) or not isinstance(
-                deadline, int | float) or not 0 < deadline < float("inf")):
-            raise ConfigurationError(
-                f"deadline must be a positive number of seconds or None; got {deadline!r}")
-        if isinstance(max_retry_after, bool) or not isinstance(
-                max_retry_after, int | float) or not 0 <= max_retry_after < float("inf"):
-            raise ConfigurationError(
-                f"max_retry_after must be a finite number of seconds >= 0; got {max_retry_after!r}")
-        if wait is None:
-            wait = full_jitter(initial=0.1, maximum=5.0)
-        elif isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:
-            seconds = float(wait)
-            wait = lambda _state: seconds  # noqa: E731
-        elif not callable(wait):
-            raise ConfigurationError(
-                f"wait must be a wait strategy such as fr.full_jitter(initial=0.1, maximum=5),"
-                f" a callable (RetryCallState) -> seconds, or seconds >= 0; got {wait!r}")
-        for what, hook in (("on_result", on_result), ("stop", stop), ("retry_after", retry_after)):
-            if hook is not None and not callable(hook):
-                raise ConfigurationError(f"{what} must be callable or None; got {hook!r}")
-        if not (idempotency_key is None or idempotency_key == "auto" or callable(idempotency_key)):
-            raise ConfigurationError(
-                "idempotency_key must be None, 'auto' (generate one per call) or a callable"
-                f" (*args, **kwargs) -> key; got {idempotency_key!r}")
-        if key_argument is not None and not (isinstance(key_argument, str)
-                                             and key_argument.isidentifier()):
-            raise ConfigurationError(
-                f"key_argument must be a keyword argument name such as 'idempotency_key';"
-                f" got {key_argument!r}")
-        if budget is not None and not hasattr(budget, "withdraw"):
-            raise ConfigurationError(f"budget must be a fr.RetryBudget; got {budget!r}")
-        if name is not None and not (isinstance(name, str) and name):
-            raise ConfigurationError(f"name must be a non-empty str or None; got {name!r}")
+        check_options(self._options)
         self._hooks = Hooks(before=before, after=after, before_sleep=before_sleep,
                             retry_error_callback=retry_error_callback, log_level=log_level)
         self.attempts = attempts
         self.deadline = None if deadline is None else float(deadline)
-        self.wait = wait
+        self.wait = wait_strategy(wait)
         self.stop = stop
         self.budget = budget
         self.respect_retry_after = bool(respect_retry_after)
@@ -246,11 +198,11 @@ class Retry:
         key = None
         arg = self.key_argument
         if arg is not None and kwargs.get(arg) is not None:
-            key = _valid_key(kwargs[arg])
+            key = valid_key(kwargs[arg])
         elif self.idempotency_key == "auto":
             key = str(uuid.uuid4())
         elif self.idempotency_key is not None:
-            key = _valid_key(self.idempotency_key(*args, **kwargs))
+            key = valid_key(self.idempotency_key(*args, **kwargs))
         if key is not None and arg is not None:
             kwargs[arg] = key
         return key
