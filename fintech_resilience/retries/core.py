@@ -54,7 +54,8 @@ from ..errors import (
     RetryError,
 )
 from ..testing import is_test_mode
-from .attempt import CURRENT, SPAN_NAME, Attempt, Call, current_attempt
+from . import attempt as _attempt
+from .attempt import SPAN_NAME, Attempt, Call, current_attempt
 from .drive import WITHDRAW, AsyncSteps, Steps
 from .hooks import AttemptDetails, AttemptHook, Hooks, RetryDetails, RetryHook
 from .options import check_options, valid_key, wait_strategy
@@ -73,6 +74,10 @@ KeySpec = Literal["auto"] | Callable[..., str | None] | None
 
 #: Failures that are decisions, not transient faults: retrying them only adds load.
 NEVER_RETRIED: Final = (CircuitOpen, RetryBudgetExhausted)
+#: The running attempt's context variable, assigned here rather than imported by name: CPython
+#: compiles ``.set()`` / ``.reset()`` on an imported name as an attribute load plus a call, not
+#: as a method call, and the fast path makes both on every call.
+_CURRENT: Final = _attempt.CURRENT
 
 
 def qualified_name(fn: Any) -> str:
@@ -311,7 +316,7 @@ class Retry:
             self.budget.deposit()
         first = None
         if self._direct and not telemetry.active():  # the fast path: no tenacity, no generator
-            token = CURRENT.set((1, key, deadline_at, self.clock))
+            token = _CURRENT.set((1, key, deadline_at, self.clock))
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
@@ -321,7 +326,7 @@ class Retry:
                     return result
                 first = Outcome(result=result, attempt=1)
             finally:
-                CURRENT.reset(token)
+                _CURRENT.reset(token)
         steps = Steps(self, self._call(fn, args, kwargs, (key, started, deadline_at), origin,
                                        spans), first, False)
         for attempt in steps:
@@ -343,7 +348,7 @@ class Retry:
             await self.budget.adeposit()
         first = None
         if self._direct and not telemetry.active():
-            token = CURRENT.set((1, key, deadline_at, self.clock))
+            token = _CURRENT.set((1, key, deadline_at, self.clock))
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
@@ -353,7 +358,7 @@ class Retry:
                     return result
                 first = Outcome(result=result, attempt=1)
             finally:
-                CURRENT.reset(token)
+                _CURRENT.reset(token)
         steps = AsyncSteps(self, self._call(fn, args, kwargs, (key, started, deadline_at),
                                             origin, spans), first, False)
         async for attempt in steps:
