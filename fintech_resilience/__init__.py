@@ -15,7 +15,16 @@ from . import audit, chaos, keys, testing
 from ._version import __version__
 from .audit import AuditLog, AuditRecord
 from .backends import Backend, MemoryBackend, RedisBackend
-from .breaker import BreakerState, CircuitBreaker, CountWindow, TimeWindow, Transition
+from .breaker import (
+    BreakerState,
+    CallEvent,
+    CallKind,
+    CircuitBreaker,
+    CountWindow,
+    TimeWindow,
+    Transition,
+)
+from .core.hooks import Refusal
 from .core.outcomes import Outcome, Verdict, on_exceptions, on_result, on_status
 from .core.redaction import Redactor
 from .errors import (
@@ -53,6 +62,7 @@ from .ratelimit import ConcurrencyLimiter, Decision, LimitStatus, RateLimiter, S
 from .residency import RegionalBackend
 from .retries import (
     Attempt,
+    AttemptDetails,
     Retry,
     RetryBudget,
     RetryDetails,
@@ -63,6 +73,7 @@ from .retries import (
     exponential,
     full_jitter,
     retry,
+    retrying,
 )
 
 if TYPE_CHECKING:
@@ -72,6 +83,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AesGcmCipher",
     "Attempt",
+    "AttemptDetails",
     "AuditLog",
     "AuditRecord",
     "Backend",
@@ -80,6 +92,8 @@ __all__ = [
     "BreakerState",
     "Bulkhead",
     "BulkheadFull",
+    "CallEvent",
+    "CallKind",
     "CircuitBreaker",
     "CircuitOpen",
     "ConcurrencyLimited",
@@ -105,6 +119,7 @@ __all__ = [
     "RateLimiter",
     "Redactor",
     "RedisBackend",
+    "Refusal",
     "RegionalBackend",
     "ResidencyViolation",
     "ResilienceError",
@@ -137,6 +152,7 @@ __all__ = [
     "on_result",
     "on_status",
     "retry",
+    "retrying",
     "testing",
     "timeout",
 ]

@@ -5,13 +5,18 @@
 >>> from fintech_resilience.requests import ResilientAdapter
 >>> session = requests.Session()
 >>> session.mount("https://", ResilientAdapter(policy=policy))
+>>> with using_policy(refunds):                 # this request's own policy
+...     session.post(url, json=body)
 
 Same behaviour as :class:`fintech_resilience.httpx.ResilientTransport` (the decisions are shared
-in ``fintech_resilience.edges.outbound``): per-host policies, 5xx/429/connection errors/timeouts
-are failures and other 4xx neutral, POST/PATCH retried only under an unchanged
-``Idempotency-Key``, ``Retry-After`` honoured, bodies that cannot be replayed (generators, files)
-sent once, socket timeouts bounded by the policy's timeout and the retry deadline. urllib3's own
-retries stay off (``max_retries=0``): retrying is the policy's job.
+in ``fintech_resilience.edges.outbound``): a policy per request (:func:`using_policy`: requests
+has no per-request extensions, and a header would reach the server), per route (method + path
+pattern) or per host; 5xx/429/connection errors/timeouts are failures and other 4xx neutral,
+POST/PATCH retried only under an unchanged ``Idempotency-Key``, ``Retry-After`` honoured, bodies
+that cannot be replayed (generators, files) sent once, socket timeouts bounded by the policy's
+timeout and the retry deadline, the policy's fallback (``fallback(error, prepared_request)``
+returning a ``requests.Response``), a CLIENT span per attempt. urllib3's own retries stay off
+(``max_retries=0``): retrying is the policy's job.
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ except ModuleNotFoundError as _missing:  # the framework's extra is not installe
 
 from .core.outcomes import OutcomeRule
 from .edges.outbound import IDEMPOTENT_METHODS, FailedResponse, OutboundCore
+from .edges.outbound_routes import using_policy
 from .errors import ConfigurationError
 from .policy.compose import Policy
 from .policy.deadline import time_remaining
 
-__all__ = ["IDEMPOTENT_METHODS", "FailedResponse", "ResilientAdapter"]
+__all__ = ["IDEMPOTENT_METHODS", "FailedResponse", "ResilientAdapter", "using_policy"]
 
 #: requests errors that say the dependency (or the path to it) is unhealthy.
 TRANSPORT_ERRORS: Final = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
@@ -72,13 +78,15 @@ class ResilientAdapter(HTTPAdapter):
     """A requests transport adapter sending each request under a policy.
 
     Options as for :class:`fintech_resilience.httpx.ResilientTransport` (``policy`` or
-    ``policies``, ``failure``, ``neutral``, ``idempotency_header``,
+    ``policies``, ``routes``, ``failure``, ``neutral``, ``idempotency_header``,
     ``generate_idempotency_key``), plus the connection-pool options of ``HTTPAdapter``
-    (``pool_connections``, ``pool_maxsize``, ``pool_block``).
+    (``pool_connections``, ``pool_maxsize``, ``pool_block``). A request's own policy:
+    ``with using_policy(p): session.post(...)``.
     """
 
     def __init__(self, *, policy: Policy | None = None,
                  policies: Mapping[str, Policy] | None = None,
+                 routes: Mapping[str, Policy | None] | None = None,
                  failure: OutcomeRule | None = None, neutral: OutcomeRule | None = None,
                  idempotency_header: str | None = "Idempotency-Key",
                  generate_idempotency_key: bool = False, pool_connections: int = 10,
@@ -89,28 +97,32 @@ class ResilientAdapter(HTTPAdapter):
                 "ResilientAdapter retries through its policy; leave max_retries=0 and set"
                 " fr.Policy(retry=fr.retry(attempts=...)) instead")
         self._core = OutboundCore(
-            policy=policy, policies=policies, failure=failure, neutral=neutral,
+            policy=policy, policies=policies, routes=routes, failure=failure, neutral=neutral,
             idempotency_header=idempotency_header,
             generate_idempotency_key=generate_idempotency_key,
             transport_errors=TRANSPORT_ERRORS, never_sent=_never_sent)
         super().__init__(pool_connections=pool_connections, pool_maxsize=pool_maxsize,
                          max_retries=0, pool_block=pool_block)
 
-    def policy_for(self, host: str, port: int | None = None) -> Policy | None:
-        """The policy requests to ``host`` run under (None: not protected)."""
-        return self._core.policy_for(host, port)
+    def policy_for(self, host: str, port: int | None = None, *, method: str = "GET",
+                   path: str = "/") -> Policy | None:
+        """The policy a ``method`` request to ``path`` on ``host`` runs under, by the routes
+        and host policies (None: not protected)."""
+        return self._core.policy_for(host, port, method=method, path=path)
 
     def send(self, request: requests.PreparedRequest, stream: bool = False,
              timeout: Any = None, verify: bool | str = True, cert: Any = None,
              proxies: dict[str, str] | None = None) -> requests.Response:
-        """Send ``request`` under its host's policy."""
+        """Send ``request`` under its policy."""
         core = self._core
-        parts = urlsplit(request.url or "")
+        url = request.url or ""
+        parts = urlsplit(url)
         header = core.header
         key = request.headers.get(header) if header is not None else None
         body = request.body
         plan, new_key = core.plan(request.method or "GET", parts.hostname or "", parts.port,
-                                  key, body is None or isinstance(body, bytes | str))
+                                  key, body is None or isinstance(body, bytes | str),
+                                  path=parts.path or "/", scheme=parts.scheme, url=url)
         once = super().send
         if plan is None:
             return once(request, stream=stream, timeout=timeout, verify=verify, cert=cert,

@@ -360,22 +360,27 @@ class TestTelemetry:
         monkeypatch.setattr(telemetry, "tracer", provider.get_tracer("test"))
         return exporter
 
-    async def test_one_span_per_attempt_with_the_http_attributes(
+    async def test_one_client_span_per_attempt_with_the_http_attributes(
             self, mode: str, server: FlakyServer, spans: InMemorySpanExporter):
         url = server.script("/s", 503, 200)
         async with client(mode, policy=retrying()) as c:
             assert (await c.request("GET", url)).status_code == 200
         finished = spans.get_finished_spans()
-        assert [s.name for s in finished] == [SPAN_NAME, SPAN_NAME]  # the retry's, enriched
+        assert [(s.name, s.kind) for s in finished] == [("GET", SpanKind.CLIENT)] * 2
+        assert SPAN_NAME not in {s.name for s in finished}  # one span per attempt, not two
         first, second = (dict(s.attributes or {}) for s in finished)
         for attrs in (first, second):
             assert attrs["http.request.method"] == "GET"
             assert attrs["server.address"] == "127.0.0.1"
             assert attrs["server.port"] == server.port
+            assert attrs["url.full"] == url
+            assert attrs["resilience.name"] == "psp"
         assert first["http.response.status_code"] == 503 and first["error.type"] == "503"
         assert "http.request.resend_count" not in first
         assert second["http.response.status_code"] == 200 and "error.type" not in second
         assert second["http.request.resend_count"] == 1
+        assert [a["resilience.retry.attempt"] for a in (first, second)] == [1, 2]
+        assert [s.status.status_code.name for s in finished] == ["ERROR", "UNSET"]
 
     async def test_without_a_retry_the_attempt_gets_a_client_span(
             self, mode: str, server: FlakyServer, spans: InMemorySpanExporter):
@@ -399,4 +404,4 @@ class TestTelemetry:
                 await c.request("GET", "http://psp.example/s")
         (span,) = spans.get_finished_spans()
         assert dict(span.attributes or {})["error.type"] == "ReadTimeout"
-        assert "server.port" not in dict(span.attributes or {})
+        assert dict(span.attributes or {})["server.port"] == 80  # the scheme's default

@@ -88,7 +88,8 @@ def test_attribute_names_live_in_one_module():
     assert len(names) == len(set(names))
     # OpenTelemetry semantic conventions
     semconv = {"error.type", "http.response.status_code", "http.request.method",
-               "http.request.resend_count", "server.address", "server.port"}
+               "http.request.resend_count", "server.address", "server.port",
+               "http.request.method_original", "url.full"}
     assert all(n.startswith("resilience.") or n in semconv for n in names), names
 
 

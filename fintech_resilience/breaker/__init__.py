@@ -1,8 +1,9 @@
 """The circuit breaker: :class:`CircuitBreaker` (``circuit``) over its pure state machine
-(``state``)."""
+(``state``); listeners and per-call events (``events``)."""
 
-from .circuit import CircuitBreaker, Listener
+from .circuit import CircuitBreaker
+from .events import CallEvent, CallHook, CallKind, Listener
 from .state import BreakerState, CountWindow, TimeWindow, Transition, View
 
-__all__ = ["BreakerState", "CircuitBreaker", "CountWindow", "Listener", "TimeWindow",
-           "Transition", "View"]
+__all__ = ["BreakerState", "CallEvent", "CallHook", "CallKind", "CircuitBreaker", "CountWindow",
+           "Listener", "TimeWindow", "Transition", "View"]

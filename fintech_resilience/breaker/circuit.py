@@ -21,6 +21,7 @@ the one after it obeys. Pass ``ask_every_call=True`` to ask before every call in
 trips per call; the very next call obeys).
 
 No lock is held while the protected call runs; sync and async code share every decision.
+Listeners, per-call events and the refusal hook: ``events.py``.
 """
 
 from __future__ import annotations
@@ -33,18 +34,18 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
-from ..audit import log as _audit
 from ..backends.base import BackendGuard, Fallback, LocalReply, OnBackendError
-from ..backends.memory import MemoryBackend
-from ..backends.memory_ops.breaker import seed
 from ..backends.resolve import BackendSpec, resolve_backend
+from ..core import hooks, telemetry
 from ..core import storage_keys as _keys
-from ..core import telemetry
 from ..core.clock import Clock
 from ..core.decorate import around_calls
 from ..core.outcomes import Classifier, Outcome, OutcomeRule, Verdict
 from ..core.resets import on_reset
-from ..errors import CircuitOpen
+from ..errors import CircuitOpen, ConfigurationError
+from . import events
+from .controls import OperatorControls
+from .events import CallHook, CallKind, Listener
 from .state import (
     BreakerState,
     CountWindow,
@@ -65,7 +66,6 @@ __all__ = ["BreakerState", "CircuitBreaker", "CountWindow", "Listener", "TimeWin
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Listener = Callable[[Transition], object]
 #: (generation seen when the call started, probe token or "", monotonic start time)
 _Ticket = tuple[int, str, float]
 
@@ -80,9 +80,11 @@ _LIVE: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 def _forget_all() -> None:
     for breaker in list(_LIVE):
         breaker._forget()
+_KINDS: Final = {Verdict.SUCCESS: CallKind.SUCCESS, Verdict.FAILURE: CallKind.FAILURE,
+                 Verdict.NEUTRAL: CallKind.IGNORED}
 
 
-class CircuitBreaker:
+class CircuitBreaker(OperatorControls):
     """Stops calls to a failing dependency in every process at once, then probes it.
 
     Use it as a decorator (sync or async functions), ``with breaker:``, ``async with breaker:``
@@ -112,6 +114,10 @@ class CircuitBreaker:
     :param fallback: called as ``fallback(error, *args, **kwargs)`` instead of raising
         :class:`CircuitOpen` from a decorated call or :meth:`call`.
     :param listeners: callables receiving every :class:`Transition` this process sees.
+    :param on_call: called with a :class:`~fintech_resilience.breaker.events.CallEvent` after
+        every call (success, failure, ignored, rejected; with its duration and slowness).
+    :param on_refusal: called with a :class:`~fintech_resilience.core.hooks.Refusal` for every
+        rejected call. Hooks that raise are logged; the call goes on.
     :param on_backend_error: ``"local"`` (default: a per-process breaker continues from the
         last state this process learned - a known OPEN rejects until its break ends, FORCED_OPEN
         until the backend answers again), ``"allow"``, ``"deny"`` or ``"raise"``.
@@ -133,6 +139,7 @@ class CircuitBreaker:
                  probe_lease: float = 30.0, failure: OutcomeRule | None = None,
                  neutral: OutcomeRule | None = None, ignore: Iterable[type[BaseException]] = (),
                  fallback: Callable[..., Any] | None = None, listeners: Iterable[Listener] = (),
+                 on_call: CallHook | None = None, on_refusal: hooks.RefusalHook | None = None,
                  on_backend_error: OnBackendError = "local", refresh_interval: float = 1.0,
                  ask_every_call: bool = False, clock: Clock | None = None,
                  namespace: str = _keys.DEFAULT_NAMESPACE, audit: AuditLog | None = None) -> None:
@@ -149,11 +156,13 @@ class CircuitBreaker:
             probe_lease=probe_lease, refresh_interval=refresh_interval)
         self.classifier = Classifier(failure=failure, neutral=neutral, ignore=ignore)
         if fallback is not None and not callable(fallback):
-            from ..errors import ConfigurationError
-
             raise ConfigurationError("fallback must be a callable: fallback(error, *args, **kw)")
+        hooks.check(on_call, "on_call")
+        hooks.check(on_refusal, "on_refusal")
         self.fallback = fallback
         self.listeners: list[Listener] = list(listeners)
+        self.on_call = on_call
+        self.on_refusal = on_refusal
         self.ask_every_call = bool(ask_every_call)
         self.clock = clock
         self._mono = clock.monotonic if clock is not None else time.monotonic
@@ -185,9 +194,10 @@ class CircuitBreaker:
             self._closed_success = self.backend.breaker_success_counter(
                 self._keys[0], window.size, self.settings.ttl_ms,
                 None if clock is None else self._now_us)
-        # ... and when neither the outcome rules nor slow calls need the result or the duration
+        # ... and when neither the outcome rules, slow calls nor on_call need the result or the
+        # duration
         self._quick = (self._closed_success if self._plain_success and self._slow is None
-                       else None)
+                       and on_call is None else None)
         self._tickets: contextvars.ContextVar[tuple[_Ticket, ...]] = contextvars.ContextVar(
             f"breaker:{self.name}", default=())
 
@@ -220,7 +230,7 @@ class CircuitBreaker:
         if isinstance(result, Fallback):
             if result.allow:
                 return (-1, "", now)
-            raise CircuitOpen(self.name, self._refresh or 1.0, None)
+            raise events.refused(self, CircuitOpen(self.name, self._refresh or 1.0, None))
         view = self._apply(result, seq, now)
         if result[3]:
             probe = token if view.state is BreakerState.HALF_OPEN else ""
@@ -236,9 +246,11 @@ class CircuitBreaker:
             verdict = Verdict.SUCCESS
         else:
             verdict = self.classifier.classify(Outcome(result, exc, duration))
+        slow = 1 if self._slow is not None and duration >= self._slow else 0
+        if self.on_call is not None:
+            events.called(self, _KINDS[verdict], duration, bool(slow), exc, result)
         if verdict is Verdict.NEUTRAL and not ticket[1]:
             return None  # counts for nothing and holds no permit: no round trip
-        slow = 1 if self._slow is not None and duration >= self._slow else 0
         if (in_place and verdict is Verdict.SUCCESS and not slow and not ticket[1]
                 and self._closed_success is not None and self._closed_success(ticket[0])):
             return None  # counted in place; the state did not change, nor does the view
@@ -263,7 +275,7 @@ class CircuitBreaker:
                 telemetry.Attr.STATE: view.state.name,
                 telemetry.Attr.RETRY_AFTER: retry_after,
             })
-        return CircuitOpen(self.name, retry_after, view.state)
+        return events.refused(self, CircuitOpen(self.name, retry_after, view.state))
 
     def _apply(self, reply: Any, seq: int, now: float) -> View:
         """Adopt a reply as the new view (unless a newer one arrived meanwhile); notify."""
@@ -277,47 +289,12 @@ class CircuitBreaker:
             self._shared = new
         previous = int(reply[4])
         if previous >= 0:
-            self._notify(Transition(self.name, BreakerState(previous), new.state, True,
-                                    new.retry_after))
+            events.announce(self, Transition(self.name, BreakerState(previous), new.state, True,
+                                             new.retry_after))
         elif old is not None and old.state is not new.state:
-            self._notify(Transition(self.name, old.state, new.state, False, new.retry_after))
+            events.announce(self, Transition(self.name, old.state, new.state, False,
+                                             new.retry_after))
         return new
-
-    def _prepare_local(self, local: MemoryBackend) -> None:
-        """Before the local fallback (``on_backend_error="local"``) decides: if the backend
-        taught this process something since the fallback last heard, put that state into it,
-        so the fallback goes on from it - never from a fresh CLOSED breaker. From then on the
-        fallback's own decisions carry it forward, until the backend answers again."""
-        view = self._shared
-        if view is None or view is self._seeded:
-            return
-        with self._seed_lock:
-            if view is self._seeded:
-                return
-            now = self._mono()
-            now_us = self._now_us() or local.now_us()
-            # for states other than OPEN / FORCED_OPEN, ``until`` is when the view was learned
-            seed(local, self._keys[0], view.state, view.gen,
-                 break_ends_us=now_us + round((view.ends - now) * 1_000_000),
-                 counts=(view.calls, view.failures, view.slow_calls),
-                 counts_at_us=now_us - round((now - view.until) * 1_000_000),
-                 window=self._record_tail[:3], ttl_ms=self.settings.ttl_ms, now_us=now_us)
-            self._seeded = view
-
-    def _notify(self, transition: Transition) -> None:
-        if transition.caused_here:
-            _report(transition)
-            log = self._audit_log()
-            if log is not None:  # in an event loop: written by a task on it (arecord)
-                _audit.emit_soon(log, log.build(
-                    _audit.EventType.BREAKER_TRANSITION, resource=f"breaker:{self.name}",
-                    details={"from": transition.previous.name, "to": transition.state.name}))
-        for listener in self.listeners:
-            try:
-                listener(transition)
-            except Exception:  # a listener must not break the protected call
-                telemetry.logger.exception("circuit breaker %r: listener %r failed", self.name,
-                                           listener)
 
     # -- sync driver ------------------------------------------------------------------------------
     def _enter(self) -> _Ticket:
@@ -419,106 +396,6 @@ class CircuitBreaker:
         """Decorate a sync or async function."""
         return around_calls(fn, self.call, self.acall)
 
-    # -- state and operator controls --------------------------------------------------------------
-    @property
-    def known_state(self) -> BreakerState | None:
-        """The state this process last learned (no I/O); None before its first call."""
-        view = self._view
-        return None if view is None else view.state
-
-    def _control_result(self, result: Any, seq: int) -> View:
-        if isinstance(result, Fallback):
-            view = self._view
-            return view if view is not None else View(BreakerState.CLOSED, -1, 0.0, 0.0)
-        return self._apply(result, seq, self._mono())
-
-    def refresh(self) -> View:
-        """Read the shared state (one round trip) and adopt it; returns the new view."""
-        seq = self._seq
-        return self._control_result(
-            self._guard.run("breaker_control", self._keys, (self._now_us(), 0,
-                                                            self.settings.ttl_ms)), seq)
-
-    async def arefresh(self) -> View:
-        """Async twin of :meth:`refresh`."""
-        seq = self._seq
-        return self._control_result(
-            await self._guard.arun("breaker_control", self._keys, (self._now_us(), 0,
-                                                                   self.settings.ttl_ms)), seq)
-
-    @property
-    def state(self) -> BreakerState:
-        """The shared state, read from the backend (one round trip; see :attr:`known_state`)."""
-        return self.refresh().state
-
-    async def astate(self) -> BreakerState:
-        """Async twin of :attr:`state`."""
-        return (await self.arefresh()).state
-
-    def _audit_log(self) -> AuditLog | None:
-        return self.audit if self.audit is not None else _audit.get_default()
-
-    def _command(self, op: str, actor: str | None) -> BreakerState:
-        seq = self._seq
-        reply = self.backend.run("breaker_control", self._keys,
-                                 (self._now_us(), _CONTROL[op], self.settings.ttl_ms))
-        state = self._apply(reply, seq, self._mono()).state
-        log = self._audit_log()
-        if log is not None:
-            log.record(_audit.EventType.OPERATOR_OVERRIDE, resource=f"breaker:{self.name}",
-                       principal=actor or "operator", details={"action": op, "state": state.name})
-        return state
-
-    async def _acommand(self, op: str, actor: str | None) -> BreakerState:
-        seq = self._seq
-        reply = await self.backend.arun("breaker_control", self._keys,
-                                        (self._now_us(), _CONTROL[op], self.settings.ttl_ms))
-        state = self._apply(reply, seq, self._mono()).state
-        log = self._audit_log()
-        if log is not None:
-            await log.arecord(_audit.EventType.OPERATOR_OVERRIDE, resource=f"breaker:{self.name}",
-                              principal=actor or "operator",
-                              details={"action": op, "state": state.name})
-        return state
-
-    def force_open(self, *, actor: str | None = None) -> BreakerState:
-        """Operator: reject every call in every process until :meth:`reset`.
-
-        Operator commands go to the shared backend directly: they raise
-        :class:`~fintech_resilience.BackendUnavailable` rather than change a local copy. Each one
-        is audited (``operator.override``, principal ``actor``) when an audit log is configured;
-        the same holds for :meth:`disable`, :meth:`metrics_only`, :meth:`reset` and the twins.
-        """
-        return self._command("force_open", actor)
-
-    def disable(self, *, actor: str | None = None) -> BreakerState:
-        """Operator: let every call through, record nothing, until :meth:`reset`."""
-        return self._command("disable", actor)
-
-    def metrics_only(self, *, actor: str | None = None) -> BreakerState:
-        """Operator: let every call through but keep counting (never trips) until :meth:`reset`."""
-        return self._command("metrics_only", actor)
-
-    def reset(self, *, actor: str | None = None) -> BreakerState:
-        """Operator: forget the window, the break growth and any override; CLOSED everywhere."""
-        return self._command("reset", actor)
-
-    async def aforce_open(self, *, actor: str | None = None) -> BreakerState:
-        """Async twin of :meth:`force_open`."""
-        return await self._acommand("force_open", actor)
-
-    async def adisable(self, *, actor: str | None = None) -> BreakerState:
-        """Async twin of :meth:`disable`."""
-        return await self._acommand("disable", actor)
-
-    async def ametrics_only(self, *, actor: str | None = None) -> BreakerState:
-        """Async twin of :meth:`metrics_only`."""
-        return await self._acommand("metrics_only", actor)
-
-    async def areset(self, *, actor: str | None = None) -> BreakerState:
-        """Async twin of :meth:`reset`."""
-        return await self._acommand("reset", actor)
-
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(transition)`` on every transition this process sees."""
         self.listeners.append(listener)
@@ -528,17 +405,3 @@ class CircuitBreaker:
         return (f"CircuitBreaker({self.name!r}, state={'unknown' if known is None else known.name},"
                 f" backend={self.backend!r})")
 
-
-def _report(transition: Transition) -> None:
-    """One log line, and (with an SDK installed) one metric point and one span event."""
-    level = 30 if transition.state in (BreakerState.OPEN, BreakerState.FORCED_OPEN) else 20
-    if transition.state is BreakerState.OPEN:  # only OPEN ends by itself, after the break
-        telemetry.logger.log(level, "circuit breaker %r: %s -> %s (retry_after=%.3fs)",
-                             transition.name, transition.previous.name, transition.state.name,
-                             transition.retry_after)
-    else:
-        telemetry.logger.log(level, "circuit breaker %r: %s -> %s", transition.name,
-                             transition.previous.name, transition.state.name)
-    if telemetry.active():
-        telemetry.emit_transition(transition.name, transition.state.name,
-                                  transition.previous.name)

@@ -23,10 +23,12 @@ from ..errors import ConfigurationError
 __all__ = [
     "NEVER",
     "Classifier",
+    "ExceptionSpec",
     "Outcome",
     "OutcomeRule",
     "Rule",
     "Verdict",
+    "exception_predicate",
     "on_exceptions",
     "on_result",
     "on_status",
@@ -54,6 +56,25 @@ class Outcome:
 
 #: Any callable deciding something about an outcome.
 OutcomeRule: TypeAlias = Callable[[Outcome], bool]
+#: Which exceptions an option covers: a class, a tuple of classes or a predicate ``(exc) -> bool``.
+ExceptionSpec: TypeAlias = type[BaseException] | tuple[type[BaseException], ...] | Callable[
+    [BaseException], bool]
+
+
+def exception_predicate(spec: ExceptionSpec, option: str) -> Callable[[BaseException], bool]:
+    """``spec`` (an exception class, a tuple of them or a predicate) as a predicate; raises
+    :class:`ConfigurationError` naming ``option`` for anything else."""
+    if isinstance(spec, type) and issubclass(spec, BaseException):
+        return lambda exc: isinstance(exc, spec)
+    if isinstance(spec, tuple) and spec and all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in spec):
+        return lambda exc: isinstance(exc, spec)
+    if callable(spec) and not isinstance(spec, type | tuple):
+        return spec
+    raise ConfigurationError(
+        f"{option} must be an exception type, a tuple of them or a predicate (exc) -> bool;"
+        f" got {spec!r}. Write e.g. {option}=(TimeoutError, ConnectionError)"
+    )
 
 
 class Verdict(enum.Enum):

@@ -45,10 +45,14 @@ __all__ = [
     "emit_fallback",
     "emit_retry",
     "emit_transition",
+    "error_type",
     "logger",
+    "mark_result",
     "meter",
     "record_call",
     "refresh",
+    "set_error",
+    "status_of",
     "tracer",
     "watch_breaker",
 ]
@@ -88,9 +92,11 @@ class Attr:
     # OpenTelemetry semantic-convention names (HTTP client attempts, chaos HTTP faults)
     HTTP_STATUS: Final = "http.response.status_code"
     HTTP_METHOD: Final = "http.request.method"
+    HTTP_METHOD_ORIGINAL: Final = "http.request.method_original"
     HTTP_RESEND_COUNT: Final = "http.request.resend_count"
     SERVER_ADDRESS: Final = "server.address"
     SERVER_PORT: Final = "server.port"
+    URL_FULL: Final = "url.full"
 
 
 class Event:
@@ -311,7 +317,7 @@ def emit_retry(name: str, attempt: int, wait: float, error: BaseException | None
     if span.is_recording():
         attrs: dict[str, Any] = {**labels, Attr.ATTEMPT: attempt, Attr.WAIT: wait}
         if error is not None:
-            attrs[Attr.ERROR_TYPE] = type(error).__qualname__
+            attrs[Attr.ERROR_TYPE] = error_type(error)
         span.add_event(Event.RETRY, attrs)
 
 
@@ -321,15 +327,16 @@ def record_call(pattern: str, name: str, duration: float, error: BaseException |
     attrs = {Attr.PATTERN: pattern, Attr.NAME: name,
              Attr.OUTCOME: Decision.SUCCESS if error is None else Decision.FAILURE}
     if error is not None:
-        attrs[Attr.ERROR_TYPE] = type(error).__qualname__
+        attrs[Attr.ERROR_TYPE] = error_type(error)
     call_duration.record(duration, attrs)
 
 
 @contextlib.contextmanager
 def call_span(pattern: str, name: str) -> Iterator[Any]:
     """A ``resilience.call`` span around a protected call, and its point on the
-    ``resilience.call.duration`` histogram; marks ``resilience.outcome`` and ``error.type`` (the
-    exception propagates). Use it only when :func:`active` is true."""
+    ``resilience.call.duration`` histogram; marks ``resilience.outcome``, ``error.type`` and the
+    status (:func:`set_error`; the exception propagates). Use it only when :func:`active` is
+    true."""
     with tracer.start_as_current_span(
             Span.CALL, attributes={Attr.PATTERN: pattern, Attr.NAME: name},
             record_exception=False, set_status_on_exception=False) as span:
@@ -340,8 +347,48 @@ def call_span(pattern: str, name: str) -> Iterator[Any]:
             record_call(pattern, name, time.perf_counter() - started, exc)
             if span.is_recording():
                 span.set_attribute(Attr.OUTCOME, Decision.FAILURE)
-                span.set_attribute(Attr.ERROR_TYPE, type(exc).__qualname__)
+                set_error(span, exc)
             raise
         record_call(pattern, name, time.perf_counter() - started, None)
         if span.is_recording():
             span.set_attribute(Attr.OUTCOME, Decision.SUCCESS)
+
+
+def error_type(error: BaseException) -> str:
+    """The ``error.type`` of an exception: its own ``error_type`` text when it has one (an HTTP
+    failure names its status code, as the HTTP conventions write it), else its class name."""
+    named = getattr(error, "error_type", None)
+    return named if isinstance(named, str) else type(error).__qualname__
+
+
+def mark_result(span: Any, result: Any) -> Any:
+    """Mark a recording span whose call returned ``result`` (an HTTP answer of 500 or more is
+    an error, :func:`set_error`); returns ``result``."""
+    if span.is_recording():
+        set_error(span, None, status_of(result))
+    return result
+
+
+def status_of(result: Any) -> int | None:
+    """The HTTP status code of a result (``status_code``: httpx, requests; ``status``: aiohttp,
+    urllib3), or None when it is not a response."""
+    status = getattr(result, "status_code", None)
+    if status is None:
+        status = getattr(result, "status", None)
+    return status if isinstance(status, int) and not isinstance(status, bool) else None
+
+
+def set_error(span: Any, error: BaseException | None, status: int | None = None, *,
+              client: bool = False) -> None:
+    """Mark a recording span as failed, the same way on every span the library makes: an
+    exception sets ``error.type`` (:func:`error_type`) and the status ERROR (described by the
+    error type only: a message may hold card data); so does an HTTP status of 500 or more - and
+    of 400 or more on a CLIENT span, per the HTTP conventions - with ``error.type`` the status
+    code. Anything else leaves the status unset."""
+    if error is not None:
+        kind = error_type(error)
+        span.set_attribute(Attr.ERROR_TYPE, kind)
+        span.set_status(_trace.Status(_trace.StatusCode.ERROR, kind))
+    elif status is not None and status >= (400 if client else 500):
+        span.set_attribute(Attr.ERROR_TYPE, str(status))
+        span.set_status(_trace.Status(_trace.StatusCode.ERROR))

@@ -3,9 +3,11 @@ the requests adapter share (they only translate their request and response objec
 
 For every request the core decides, without I/O:
 
-* **which policy** applies: ``policies={"api.psp.example": p, "*.psp.example": q, "*": d}``
-  (``host:port``, then ``host``, then the longest ``*.suffix``, then ``"*"``; no match = the
-  request passes through unprotected);
+* **which policy** applies (``outbound_routes.py``): the request's own choice
+  (``using_policy(p)``, httpx's ``extensions={"fintech_resilience.policy": p}``), else the first
+  matching route (``routes={"POST /v1/charges": p}``), else its host's policy
+  (``policy=`` or ``policies={"api.psp.example": p, "*.psp.example": q, "*": d}``); no match =
+  the request passes through unprotected;
 * **whether it may be retried**: GET, HEAD, PUT, DELETE, OPTIONS and TRACE are idempotent (RFC
   9110); any other method (POST, PATCH) is retried only when it carries an idempotency key - one
   the caller set, or one generated once here (``generate_idempotency_key=True``) and sent
@@ -16,22 +18,23 @@ For every request the core decides, without I/O:
   other 4xx are NEUTRAL (a card decline is not an outage: not retried, not counted); the rest
   SUCCESS.
 
-Then thin sync and async drivers run ``rate limit -> bulkhead -> retry -> (each attempt) breaker
--> timeout -> send`` by reusing the policy's own parts. A failing response travels through the
-retry loop as :class:`FailedResponse` (so the breaker counts it and the retry engine retries it,
-honouring ``Retry-After``); when the retries end, the caller gets the last response back, as if
-no exception had been involved. Responses of abandoned attempts are closed.
+Then thin sync and async drivers run ``fallback -> rate limit -> bulkhead -> retry -> (each
+attempt) breaker -> timeout -> send`` by reusing the policy's own parts. A failing response
+travels through the retry loop as :class:`FailedResponse` (so the breaker counts it and the retry
+engine retries it, honouring ``Retry-After``); when the retries end, the caller gets the last
+response back, as if no exception had been involved - unless the policy's fallback handles it
+(as a ``FailedResponse``), or the exception that ended the call: then the fallback's response
+is returned, ``fallback(error, request)``. Responses of abandoned attempts are closed. Each
+attempt is a CLIENT span (``outbound_spans.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-
-from opentelemetry import trace as _trace
 
 from ..core import telemetry
 from ..core.outcomes import (
@@ -45,7 +48,9 @@ from ..core.outcomes import (
 )
 from ..errors import ConfigurationError, RetryError
 from ..policy.compose import Policy
-from ..retries.core import Retry, current_attempt
+from ..retries.core import Retry
+from .outbound_routes import UNSET, Routes, Target
+from .outbound_spans import attempt_span, end_span
 
 __all__ = [
     "DEFAULT_NEUTRAL",
@@ -60,7 +65,6 @@ __all__ = [
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 #: 4xx answers except 429: the server understood and refused; it is not unhealthy.
 DEFAULT_NEUTRAL: Final = on_status(range(400, 429), range(430, 500))
-_CACHE_SIZE: Final = 1024
 
 
 def default_failure(transport_errors: tuple[type[BaseException], ...]) -> Rule:
@@ -108,13 +112,6 @@ class _Neutral(BaseException):
 
 
 @dataclass(slots=True)
-class _Route:
-    policy: Policy
-    retry: Retry | None  # for idempotent requests
-    retry_keyed: Retry | None  # for the others: retried only when they carry a key
-
-
-@dataclass(slots=True)
 class Plan:
     """One logical request: its policy, its retry (None = exactly one attempt) and the response
     of the last attempt, closed when another attempt replaces it."""
@@ -126,16 +123,15 @@ class Plan:
     port: int | None
     key: str | None
     """The idempotency key every attempt carries (None: the request has none)."""
+    scheme: str = "https"
+    url: str = ""
+    """The request's URL (redacted before it reaches a span)."""
     pending: Any = None
 
-
-def _check_pattern(pattern: object) -> str:
-    if not isinstance(pattern, str) or not pattern or pattern != pattern.strip() or (
-            "*" in pattern and pattern != "*" and not (
-                pattern.startswith("*.") and pattern[2:] and "*" not in pattern[2:])):
-        raise ConfigurationError(
-            f"policies keys are 'host', 'host:port', '*.domain' or '*'; got {pattern!r}")
-    return pattern.lower()
+    @property
+    def name(self) -> str:
+        """Labels the request's telemetry: the retry's name, else the policy's."""
+        return (self.retry.name if self.retry is not None else None) or self.policy.name
 
 
 def _valid_header_key(value: object) -> str | None:
@@ -159,14 +155,8 @@ class OutboundCore:
                  failure: OutcomeRule | None, neutral: OutcomeRule | None,
                  idempotency_header: str | None, generate_idempotency_key: bool,
                  transport_errors: tuple[type[BaseException], ...],
-                 never_sent: Callable[[BaseException], bool]) -> None:
-        if (policy is None) == (policies is None):
-            raise ConfigurationError(
-                "pass policy=fr.Policy(...) for every host, or policies={'api.psp.example':"
-                " policy, '*': default} per host (not both)")
-        table = {"*": policy} if policy is not None else dict(policies or {})
-        if not isinstance(policies, Mapping | None) or not table:
-            raise ConfigurationError("policies must be a non-empty dict {host pattern: Policy}")
+                 never_sent: Callable[[BaseException], bool],
+                 routes: Mapping[str, Policy | None] | None = None) -> None:
         if idempotency_header is not None and not (
                 isinstance(idempotency_header, str) and idempotency_header.strip()
                 and idempotency_header.isascii() and " " not in idempotency_header):
@@ -184,31 +174,16 @@ class OutboundCore:
         #: with the default rules a response below 400 is a SUCCESS: no rule needs to run
         self._default_rules = failure is None and neutral is None
         self._never_sent = never_sent
-        self._exact: dict[str, _Route] = {}
-        self._suffixes: list[tuple[str, _Route]] = []
-        self._default: _Route | None = None
-        for pattern, chosen in table.items():
-            if not isinstance(chosen, Policy):
-                raise ConfigurationError(
-                    f"policies[{pattern!r}] must be a fr.Policy(...); got {chosen!r}")
-            route = self._route_for(chosen)
-            key = _check_pattern(pattern)
-            if key == "*":
-                self._default = route
-            elif key.startswith("*."):
-                self._suffixes.append((key[1:], route))
-            else:
-                self._exact[key] = route
-        self._suffixes.sort(key=lambda item: -len(item[0]))
-        self._cache: dict[tuple[str, int | None], _Route | None] = {}
+        self.routes = Routes(policy=policy, policies=policies, routes=routes,
+                             derive=self._target_for)
 
     # --- decisions (no I/O) ------------------------------------------------------------------
 
-    def _route_for(self, policy: Policy) -> _Route:
+    def _target_for(self, policy: Policy) -> Target:
         base = policy.retry
         if base is None:
-            return _Route(policy, None, None)
-        return _Route(policy, self._derive(base, idempotent=base.idempotent),
+            return Target(policy, None, None)
+        return Target(policy, self._derive(base, idempotent=base.idempotent),
                       self._derive(base, idempotent=False))
 
     def _derive(self, base: Retry, *, idempotent: bool) -> Retry:
@@ -228,39 +203,27 @@ class OutboundCore:
             on=retry_on, idempotent=idempotent, idempotency_key=key_of, key_argument=None,
             never_sent=lambda exc: never_sent(exc) or base.was_never_sent(exc))
 
-    def _route(self, host: str, port: int | None) -> _Route | None:
-        cached = self._cache.get((host, port), False)
-        if cached is not False:
-            return cached  # type: ignore[return-value]
-        host = host.lower()
-        route = self._exact.get(f"{host}:{port}") if port is not None else None
-        if route is None:
-            route = self._exact.get(host)
-        if route is None:
-            route = next((r for suffix, r in self._suffixes if host.endswith(suffix)),
-                         self._default)
-        if len(self._cache) >= _CACHE_SIZE:
-            self._cache.clear()
-        self._cache[(host, port)] = route
-        return route
+    def policy_for(self, host: str, port: int | None = None, *, method: str = "GET",
+                   path: str = "/") -> Policy | None:
+        """The policy a ``method`` request to ``path`` on ``host`` (and ``port``) runs under,
+        or None (not protected)."""
+        target = self.routes.select(method.upper(), host, port, path)
+        return None if target is None else target.policy
 
-    def policy_for(self, host: str, port: int | None = None) -> Policy | None:
-        """The policy that applies to ``host`` (and ``port``), or None (not protected)."""
-        route = self._route(host, port)
-        return None if route is None else route.policy
-
-    def plan(self, method: str, host: str, port: int | None, key: Any,
-             replayable: bool) -> tuple[Plan | None, str | None]:
+    def plan(self, method: str, host: str, port: int | None, key: Any, replayable: bool, *,
+             path: str = "/", scheme: str = "https", url: str = "",
+             chosen: Any = UNSET) -> tuple[Plan | None, str | None]:
         """Decide a request: its :class:`Plan` (None: pass it through unprotected) and the
         idempotency key to add to its headers (None: add nothing).
 
         :param key: the value of the idempotency header the request carries, or None.
         :param replayable: False for a body that can be read only once (never retried).
+        :param chosen: the request's own choice of policy (a Policy, or None: unprotected).
         """
-        route = self._route(host, port)
+        method = method.upper()
+        route = self.routes.select(method, host, port, path, chosen)
         if route is None:
             return None, None
-        method = method.upper()
         idempotent = method in IDEMPOTENT_METHODS
         new_key = None
         if not idempotent and self.generate and key is None:
@@ -268,7 +231,8 @@ class OutboundCore:
         retry = None
         if replayable:
             retry = route.retry if idempotent else route.retry_keyed
-        return Plan(route.policy, retry, method, host, port, _valid_header_key(key)), new_key
+        return Plan(route.policy, retry, method, host, port, _valid_header_key(key), scheme,
+                    url), new_key
 
     def judge(self, outcome: Outcome, span: Any) -> BaseException | None:
         """What an attempt raises inside ``with breaker:`` so the breaker counts its verdict:
@@ -279,7 +243,7 @@ class OutboundCore:
             return None
         verdict = self.classifier.classify(outcome)
         if span is not None:
-            _end_span(span, outcome, verdict)
+            end_span(span, outcome, verdict)
         if verdict is Verdict.FAILURE:
             return outcome.exception or FailedResponse(outcome.result)
         if verdict is Verdict.NEUTRAL or outcome.exception is not None:
@@ -291,7 +255,7 @@ class OutboundCore:
     def _span(self, plan: Plan) -> contextlib.AbstractContextManager[Any]:
         if not telemetry.active():
             return contextlib.nullcontext()
-        return _attempt_span(plan, own=plan.retry is None)
+        return attempt_span(plan)
 
     def settle(self, plan: Plan, outcome: Outcome, span: Any) -> Outcome:
         """After one send: keep the response until the next attempt closes it, and raise what
@@ -323,15 +287,26 @@ class OutboundCore:
                 outcome = neutral.outcome
             return _unwrap(outcome)
 
+        fallback = plan.policy.fallback
         try:
             with plan.policy.admission((request,), {}):
-                return attempt(plan) if plan.retry is None else plan.retry.call(attempt, plan)
+                if plan.retry is None:
+                    return attempt(plan)
+                return plan.retry._run(attempt, (plan,), {}, plan.name, spans=False)
         except (FailedResponse, RetryError) as done:
-            return _last_response(done)
-        except BaseException:
+            response = _last_response(done)
+            if fallback is None or not fallback.handles(done):
+                return response
+            answer = fallback(done, (request,), {})
+            if answer is not response:
+                close(response)
+            return answer
+        except BaseException as exc:
             if plan.pending is not None:
                 close(plan.pending)
-            raise
+            if fallback is None or not fallback.handles(exc):
+                raise
+            return fallback(exc, (request,), {})
 
     # --- async driver ------------------------------------------------------------------------
 
@@ -355,17 +330,26 @@ class OutboundCore:
                 outcome = neutral.outcome
             return _unwrap(outcome)
 
+        fallback = plan.policy.fallback
         try:
             async with plan.policy.aadmission((request,), {}):
                 if plan.retry is None:
                     return await attempt(plan)
-                return await plan.retry.acall(attempt, plan)
+                return await plan.retry._arun(attempt, (plan,), {}, plan.name, spans=False)
         except (FailedResponse, RetryError) as done:
-            return _last_response(done)
-        except BaseException:
+            response = _last_response(done)
+            if fallback is None or not fallback.handles(done):
+                return response
+            answer = await fallback.acall(done, (request,), {})
+            if answer is not response:
+                await close(response)
+            return answer
+        except BaseException as exc:
             if plan.pending is not None:
                 await close(plan.pending)
-            raise
+            if fallback is None or not fallback.handles(exc):
+                raise
+            return await fallback.acall(exc, (request,), {})
 
 
 def _unwrap(outcome: Outcome) -> Any:
@@ -379,40 +363,3 @@ def _last_response(done: FailedResponse | RetryError) -> Any:
     """What the caller gets when the retries end on a response: that response (a failed one,
     or the one the retry's own ``on_result`` gave up on)."""
     return done.response if isinstance(done, FailedResponse) else done.last
-
-
-@contextlib.contextmanager
-def _attempt_span(plan: Plan, *, own: bool) -> Iterator[Any]:
-    """The attempt's span: the retry engine's ``resilience.retry.attempt`` span when the request
-    runs under a retry (one span per attempt, never two), else a CLIENT span of our own."""
-    attempt = current_attempt()
-    attrs: dict[str, str | int] = {telemetry.Attr.HTTP_METHOD: plan.method,
-                                   telemetry.Attr.SERVER_ADDRESS: plan.host}
-    if plan.port is not None:
-        attrs[telemetry.Attr.SERVER_PORT] = plan.port
-    if attempt is not None and attempt.number > 1:
-        attrs[telemetry.Attr.HTTP_RESEND_COUNT] = attempt.number - 1
-    if own:
-        with telemetry.tracer.start_as_current_span(
-                plan.method, kind=_trace.SpanKind.CLIENT, attributes=attrs,
-                record_exception=False, set_status_on_exception=False) as span:
-            yield span if span.is_recording() else None
-        return
-    span = _trace.get_current_span()
-    if not span.is_recording():
-        yield None
-        return
-    span.set_attributes(attrs)
-    yield span
-
-
-def _end_span(span: Any, outcome: Outcome, verdict: Verdict) -> None:
-    status = getattr(outcome.result, "status_code", None)
-    if isinstance(status, int):
-        span.set_attribute(telemetry.Attr.HTTP_STATUS, status)
-        if status >= 400:
-            span.set_attribute(telemetry.Attr.ERROR_TYPE, str(status))
-    elif outcome.exception is not None:
-        span.set_attribute(telemetry.Attr.ERROR_TYPE, type(outcome.exception).__qualname__)
-    if verdict is Verdict.FAILURE:
-        span.set_status(_trace.Status(_trace.StatusCode.ERROR))

@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Final, ParamSpec, TypeVar
 
 from ..backends.resolve import BackendSpec
+from ..core import hooks, telemetry
 from ..core import storage_keys as _keys
-from ..core import telemetry
 from ..core.clock import SYSTEM_CLOCK, Clock
 from ..core.decorate import inside
 from ..errors import BulkheadFull, ConfigurationError
@@ -71,11 +71,14 @@ class Bulkhead:
     :param backend: a backend (or a URL) to build one on (``lease`` seconds per slot, default
         30).
     :param clock: time source for a distributed bulkhead's waits (tests).
+    :param on_refusal: called with a :class:`~fintech_resilience.core.hooks.Refusal` each time
+        no slot is free within ``max_wait`` (a hook that raises is logged; the refusal stands).
     """
 
     def __init__(self, max_concurrent: int, *, max_wait: float = 0.0, name: str = "default",
                  limiter: ConcurrencyLimiter | None = None, backend: BackendSpec = None,
-                 lease: float = 30.0, clock: Clock | None = None) -> None:
+                 lease: float = 30.0, clock: Clock | None = None,
+                 on_refusal: hooks.RefusalHook | None = None) -> None:
         if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or (
                 max_concurrent < 1):
             raise ConfigurationError(
@@ -85,6 +88,7 @@ class Bulkhead:
             raise ConfigurationError(
                 f"max_wait must be a finite number of seconds >= 0 (0 = do not wait);"
                 f" got {max_wait!r}")
+        hooks.check(on_refusal, "on_refusal")
         if limiter is not None and backend is not None:
             raise ConfigurationError("pass either limiter= or backend=, not both")
         if limiter is not None and limiter.limit != max_concurrent:
@@ -99,6 +103,7 @@ class Bulkhead:
             limiter = ConcurrencyLimiter(max_concurrent, backend=backend, name=self.name,
                                          lease=lease, clock=clock)
         self.limiter = limiter
+        self.on_refusal = on_refusal
         self._lock = threading.Lock()
         self._in_use = 0
         self._waiters: collections.deque[_Waiter] = collections.deque()
@@ -148,7 +153,12 @@ class Bulkhead:
         if telemetry.active():
             telemetry.emit_decision(telemetry.Pattern.BULKHEAD, self.name,
                                     telemetry.Decision.DENY)
-        return BulkheadFull(self.name, self.max_concurrent)
+        error = BulkheadFull(self.name, self.max_concurrent)
+        if self.on_refusal is not None:
+            hooks.notify(self.on_refusal, hooks.Refusal(
+                telemetry.Pattern.BULKHEAD, self.name, error, None), f"bulkhead {self.name!r}",
+                "on_refusal")
+        return error
 
     def _acquire_local(self) -> None:
         entered = self._enter(None)

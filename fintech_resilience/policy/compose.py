@@ -2,8 +2,11 @@
 
 For every call::
 
-    rate limit -> bulkhead -> retry loop -> (each attempt) breaker -> timeout -> call
+    fallback -> rate limit -> bulkhead -> retry loop -> (each attempt) breaker -> timeout -> call
 
+* the **fallback** (``fallback=``, ``fallback_on=``) is outermost: when the call ends in an
+  exception ``fallback_on`` matches - a refusal of any stage below, or the last failure once
+  the retries ran out - ``fallback(error, *args, **kwargs)`` is returned instead;
 * the **rate limit** is checked once per call (a retry is not a new request from the user), and
   refuses with :class:`~fintech_resilience.RateLimited` - after waiting up to
   ``rate_limit_wait`` seconds for a permit, if given;
@@ -18,12 +21,14 @@ Every part is optional. The breaker is used only through the context-manager pro
 entry and records the outcome on exit fits (:class:`~fintech_resilience.CircuitBreaker` does).
 
 As a context manager (``with policy:`` / ``async with policy:``) the same order applies, minus
-the retry: a ``with`` block cannot be run again.
+the retry (a ``with`` block cannot be run again) and the fallback (a block has no value to
+replace).
 
 Telemetry (with an OpenTelemetry SDK installed): each :meth:`Policy.call` / :meth:`Policy.acall`
 runs in a ``resilience.call`` span and adds a point to the ``resilience.call.duration`` histogram
 (seconds); an attempt that overruns its timeout adds a ``timeout`` / ``expired`` decision
-(emitted by the timeout itself, also outside a Policy).
+(emitted by the timeout itself, also outside a Policy). The span ends before the fallback runs:
+it shows how the protected call went.
 """
 
 from __future__ import annotations
@@ -36,12 +41,14 @@ from typing import Any, Final, ParamSpec, Protocol, TypeVar, cast, runtime_check
 from ..core import storage_keys as _keys
 from ..core import telemetry
 from ..core.decorate import around_calls
+from ..core.outcomes import ExceptionSpec
 from ..errors import ConfigurationError, RateLimited
 from ..ratelimit.limiter import RateLimiter
 from ..ratelimit.waiting import check_max_wait
 from ..retries.core import Retry, current_attempt
 from .bulkhead import Bulkhead
 from .deadline import TimeLimit
+from .fallback import Fallback
 
 __all__ = ["BreakerLike", "Policy"]
 
@@ -68,7 +75,7 @@ class BreakerLike(Protocol):
 
 
 class Policy:
-    """Rate limit, bulkhead, retry, breaker and timeout around a call, in that order.
+    """Fallback, rate limit, bulkhead, retry, breaker and timeout around a call, in that order.
 
     :param name: names the policy (and is the default rate-limit key).
     :param rate_limit: a :class:`~fintech_resilience.RateLimiter`, checked once per call.
@@ -83,6 +90,11 @@ class Policy:
         :class:`BreakerLike`) every attempt passes.
     :param timeout: seconds per attempt (or a :func:`~fintech_resilience.timeout`), capped at the
         retry deadline's time left.
+    :param fallback: ``fallback(error, *args, **kwargs)``, sync or (for async calls) async:
+        its value is returned when the call fails with an exception ``fallback_on`` matches.
+    :param fallback_on: the exceptions the fallback handles: a class, a tuple of classes or a
+        predicate ``(exc) -> bool`` (default ``Exception``: every failure, the library's
+        refusals included; narrow it, e.g. ``(fr.CircuitOpen, fr.RateLimited)``).
     """
 
     def __init__(self, *, name: str = "default", rate_limit: RateLimiter | None = None,
@@ -90,7 +102,9 @@ class Policy:
                  rate_limit_wait: float = 0.0,
                  bulkhead: Bulkhead | None = None, retry: Retry | None = None,
                  breaker: BreakerLike | None = None,
-                 timeout: float | TimeLimit | None = None) -> None:
+                 timeout: float | TimeLimit | None = None,
+                 fallback: Callable[..., Any] | None = None,
+                 fallback_on: ExceptionSpec = Exception) -> None:
         self.name = _keys.validate_name(name)
         if rate_limit is not None and not hasattr(rate_limit, "acquire"):
             raise ConfigurationError(f"rate_limit must be a fr.RateLimiter; got {rate_limit!r}")
@@ -119,6 +133,8 @@ class Policy:
         self.retry = retry
         self.breaker = breaker
         self.timeout = timeout
+        #: The fallback stage, or None.
+        self.fallback = None if fallback is None else Fallback(fallback, fallback_on)
         key = self.name if rate_key is None else rate_key
         self._key_of: Callable[..., KeyArg] = (
             key if callable(key) else (lambda *_a, **_k: key))
@@ -210,10 +226,15 @@ class Policy:
 
     def call(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Call ``fn(*args, **kwargs)`` under the policy (sync)."""
-        if not telemetry.active():
-            return self._call(fn, args, kwargs)
-        with telemetry.call_span(telemetry.Pattern.POLICY, self.name):
-            return self._call(fn, args, kwargs)
+        try:
+            if not telemetry.active():
+                return self._call(fn, args, kwargs)
+            with telemetry.call_span(telemetry.Pattern.POLICY, self.name) as span:
+                return cast(R, telemetry.mark_result(span, self._call(fn, args, kwargs)))
+        except Exception as exc:
+            if self.fallback is None or not self.fallback.handles(exc):
+                raise
+            return cast(R, self.fallback(exc, args, kwargs))
 
     def _call(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         def attempt(*a: Any, **k: Any) -> R:
@@ -223,14 +244,19 @@ class Policy:
         with self.admission(args, kwargs):
             if self.retry is None:
                 return attempt(*args, **kwargs)
-            return self.retry.call(attempt, *args, **kwargs)
+            return cast(R, self.retry._run(attempt, args, kwargs, fn))
 
     async def acall(self, fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any) -> R:
         """Await ``fn(*args, **kwargs)`` under the policy (async)."""
-        if not telemetry.active():
-            return await self._acall(fn, args, kwargs)
-        with telemetry.call_span(telemetry.Pattern.POLICY, self.name):
-            return await self._acall(fn, args, kwargs)
+        try:
+            if not telemetry.active():
+                return await self._acall(fn, args, kwargs)
+            with telemetry.call_span(telemetry.Pattern.POLICY, self.name) as span:
+                return cast(R, telemetry.mark_result(span, await self._acall(fn, args, kwargs)))
+        except Exception as exc:
+            if self.fallback is None or not self.fallback.handles(exc):
+                raise
+            return cast(R, await self.fallback.acall(exc, args, kwargs))
 
     async def _acall(self, fn: Callable[..., Awaitable[R]], args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> R:
@@ -241,7 +267,7 @@ class Policy:
         async with self.aadmission(args, kwargs):
             if self.retry is None:
                 return await attempt(*args, **kwargs)
-            return await self.retry.acall(attempt, *args, **kwargs)
+            return cast(R, await self.retry._arun(attempt, args, kwargs, fn))
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate a function or a coroutine function."""
@@ -287,6 +313,7 @@ class Policy:
         parts = [f"name={self.name!r}"] + [
             f"{label}={value!r}" for label, value in (
                 ("rate_limit", self.rate_limit), ("bulkhead", self.bulkhead),
-                ("retry", self.retry), ("breaker", self.breaker), ("timeout", self.timeout))
+                ("retry", self.retry), ("breaker", self.breaker), ("timeout", self.timeout),
+                ("fallback", self.fallback))
             if value is not None]
         return f"Policy({', '.join(parts)})"

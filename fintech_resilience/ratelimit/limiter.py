@@ -34,7 +34,7 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar
 from ..audit import log as _audit
 from ..backends.base import BackendGuard, Fallback, LocalReply, OnBackendError
 from ..backends.resolve import BackendSpec, resolve_backend
-from ..core import storage_keys, telemetry
+from ..core import hooks, storage_keys, telemetry
 from ..core.clock import SYSTEM_CLOCK, Clock
 from ..core.decorate import around_calls
 from ..errors import ConfigurationError, RateLimited
@@ -75,6 +75,9 @@ class RateLimiter(Accounting):
         :func:`fintech_resilience.audit.get_default` log, if one is set.
     :param wait_jitter: with ``max_wait``, each sleep is up to this fraction longer, at random,
         so callers waiting on one key do not all ask again at the same instant (0 to 1).
+    :param on_refusal: called with a :class:`~fintech_resilience.core.hooks.Refusal` for every
+        refused decision (and every shadow "would refuse"); see
+        :mod:`fintech_resilience.core.hooks`.
     """
 
     def __init__(self, limits: LimitsArg | LimitsOfKey, *, backend: BackendSpec = None,
@@ -82,7 +85,8 @@ class RateLimiter(Accounting):
                  shadow: bool = False, on_backend_error: OnBackendError = "local",
                  deny_retry_after: float = 1.0, clock: Clock | None = None,
                  namespace: str = storage_keys.DEFAULT_NAMESPACE,
-                 audit: _audit.AuditLog | None = None, wait_jitter: float = 0.1) -> None:
+                 audit: _audit.AuditLog | None = None, wait_jitter: float = 0.1,
+                 on_refusal: hooks.RefusalHook | None = None) -> None:
         if algorithm not in ALGORITHMS:
             raise ConfigurationError(
                 f"algorithm must be one of {', '.join(ALGORITHMS)}; got {algorithm!r}"
@@ -91,7 +95,9 @@ class RateLimiter(Accounting):
             raise ConfigurationError(f"burst must be a positive int; got {burst!r}")
         if burst is not None and algorithm != "gcra":
             raise ConfigurationError("burst applies to algorithm='gcra' only")
+        hooks.check(on_refusal, "on_refusal")
         self.audit = audit
+        self.on_refusal = on_refusal
         self.algorithm: Algorithm = algorithm
         self.name = storage_keys.validate_name(name)
         self.namespace = storage_keys.validate_name(namespace, "namespace")
@@ -200,12 +206,15 @@ class RateLimiter(Accounting):
         return (self._now(), check_cost(cost), *applied.spec.parameters)
 
     # -- acquire -----------------------------------------------------------------------------------
-    def _decide(self, result: Any, spec: LimitSpec, cost: int) -> Decision:
-        """Turn the backend's reply (or the fallback's) into a decision; telemetry and audit."""
+    def _decide(self, result: Any, spec: LimitSpec, cost: int, key: KeyArg) -> Decision:
+        """Turn the backend's reply (or the fallback's) into a decision; telemetry, audit and
+        the refusal hook."""
         if type(result) is list and result[0]:  # admitted by the backend: the usual answer
             decision = Decision(True, result, spec)
         elif isinstance(result, Fallback):
             decision = Decision(result.allow, (), spec, fallback=self._guard.policy)
+            if not decision.allowed and self.on_refusal is not None:
+                self._refused(decision, key)
         else:
             fallback = "local" if type(result) is LocalReply else None
             admitted = bool(result[0])
@@ -214,9 +223,17 @@ class RateLimiter(Accounting):
             if not decision.allowed and (self.audit is not None
                                          or _audit.get_default() is not None):
                 _audit_limit_hit(self, decision)
+            if not admitted and self.on_refusal is not None:
+                self._refused(decision, key)
         if telemetry.active():
             self._emit(decision, cost)
         return decision
+
+    def _refused(self, decision: Decision, key: KeyArg) -> None:
+        assert self.on_refusal is not None
+        hooks.notify(self.on_refusal, hooks.Refusal(
+            telemetry.Pattern.RATELIMIT, self.name, RateLimited(decision), decision.retry_after,
+            key, decision.shadowed), f"rate limiter {self.name!r}", "on_refusal")
 
     def _emit(self, decision: Decision, cost: int) -> None:
         outcome = ("shadow_deny" if decision.shadowed
@@ -266,7 +283,7 @@ class RateLimiter(Accounting):
         if applied is None or limits is not None:
             applied = self._applied(key, limits)
         keys = applied.known_keys.get(key) or applied.storage_keys(key)  # type: ignore[arg-type]
-        return self._decide(self._run(keys, self._args(applied, cost)), applied.spec, cost)
+        return self._decide(self._run(keys, self._args(applied, cost)), applied.spec, cost, key)
 
     async def aacquire(self, key: KeyArg, cost: int = 1, limits: LimitsArg | None = None,
                        max_wait: float = 0.0) -> Decision:
@@ -279,8 +296,9 @@ class RateLimiter(Accounting):
         keys = applied.known_keys.get(key) or applied.storage_keys(key)  # type: ignore[arg-type]
         args = self._args(applied, cost)
         if not self.backend.can_fail:  # in process: nothing to await
-            return self._decide(self._run(keys, args), applied.spec, cost)
-        return self._decide(await self._guard.arun(self._script, keys, args), applied.spec, cost)
+            return self._decide(self._run(keys, args), applied.spec, cost, key)
+        return self._decide(await self._guard.arun(self._script, keys, args), applied.spec, cost,
+                            key)
 
     # -- decorator ---------------------------------------------------------------------------------
     def limit(self, key: Callable[..., KeyArg] | KeyArg, cost: Callable[..., int] | int = 1, *,

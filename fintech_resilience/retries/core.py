@@ -1,12 +1,14 @@
 """Retries that cannot double-charge and cannot grow into a retry storm.
 
-``fr.retry(...)`` decorates sync and async callables. How a call runs:
+``fr.retry(...)`` decorates sync and async callables; ``fr.retrying(...)`` retries a block
+(``block.py``). How a call runs:
 
 1. **Fast path.** The first attempt runs directly: no tenacity object is created. If it succeeds
    (and ``on_result`` does not ask for a retry), that is all that happens.
 2. **Retry loop.** Otherwise a pure decision core (:meth:`Retry._loop`, a generator) decides,
    feeding tenacity's ``RetryCallState`` to the wait strategy, and yields actions - *run attempt
-   n*, *ask the retry budget*, *sleep s seconds* - that a thin sync or async driver executes.
+   n*, *ask the retry budget*, *sleep s seconds* - that a thin sync or async driver executes
+   (``drive.py``; the same drivers run ``fr.retrying`` blocks).
 
 Rules the core applies after a failed attempt, in order:
 
@@ -21,8 +23,9 @@ Rules the core applies after a failed attempt, in order:
   ``attempts``, if set, replaces or caps ``attempts``: see :mod:`fintech_resilience.testing`);
 * the retry budget, if any, must grant the retry, else :class:`RetryBudgetExhausted`.
 
-Giving up re-raises the last exception, or raises :class:`RetryError` holding the last result
-when the retries were about results.
+Giving up returns ``retry_error_callback``'s value if there is one; else it re-raises the last
+exception, or raises :class:`RetryError` holding the last result when the retries were about
+results. Hooks and the log line per retry: ``hooks.py``.
 
 **Idempotency keys.** The key is decided once per call (taken from the ``key_argument`` keyword
 the caller passed, computed by ``idempotency_key(*args, **kwargs)``, or generated with
@@ -32,148 +35,62 @@ the caller passed, computed by ``idempotency_key(*args, **kwargs)``, or generate
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import inspect
+import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, cast
 
 from tenacity import RetryCallState
 
 from ..core import telemetry
 from ..core.clock import SYSTEM_CLOCK, Clock
-from ..core.outcomes import Outcome
+from ..core.outcomes import ExceptionSpec, Outcome, exception_predicate
 from ..core.testmode import attempts_under_test, is_test_mode
 from ..errors import (
     CircuitOpen,
     ConfigurationError,
-    IdempotencyKeyInvalid,
     RetryBudgetExhausted,
     RetryError,
 )
-from .backoff import full_jitter
+from . import attempt as _attempt
+from .attempt import SPAN_NAME, Attempt, Call, current_attempt
+from .drive import WITHDRAW, AsyncSteps, Steps
+from .hooks import AttemptDetails, AttemptHook, Hooks, RetryDetails, RetryHook
+from .options import check_options, valid_key, wait_strategy
 from .retry_after import default_retry_after, parse_retry_after
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-
+    from .block import Retrying
     from .budget import RetryBudget
 
-__all__ = ["Attempt", "Outcome", "Retry", "RetryDetails", "current_attempt", "retry"]
+__all__ = ["SPAN_NAME", "Attempt", "AttemptDetails", "Outcome", "Retry", "RetryDetails",
+           "current_attempt", "retry"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-ExceptionSpec = type[BaseException] | tuple[type[BaseException], ...] | Callable[
-    [BaseException], bool]
 KeySpec = Literal["auto"] | Callable[..., str | None] | None
 
 #: Failures that are decisions, not transient faults: retrying them only adds load.
 NEVER_RETRIED: Final = (CircuitOpen, RetryBudgetExhausted)
-#: The span of one attempt (``telemetry.Span.RETRY_ATTEMPT``).
-SPAN_NAME: Final = telemetry.Span.RETRY_ATTEMPT
-_WITHDRAW: Final = object()
+#: The running attempt's context variable, assigned here rather than imported by name: CPython
+#: compiles ``.set()`` / ``.reset()`` on an imported name as an attribute load plus a call, not
+#: as a method call, and the fast path makes both on every call.
+_CURRENT: Final = _attempt.CURRENT
 
 
-class Attempt:
-    """The attempt running now: its number, the call's idempotency key and deadline.
-
-    Read it inside the wrapped function with :func:`current_attempt`.
-    """
-
-    __slots__ = ("_clock", "deadline_at", "idempotency_key", "number")
-
-    def __init__(self, number: int, idempotency_key: str | None, deadline_at: float | None,
-                 clock: Clock) -> None:
-        #: 1 for the first attempt.
-        self.number = number
-        #: The same key on every attempt of one call (None when the call has none).
-        self.idempotency_key = idempotency_key
-        #: The call's deadline on ``clock.monotonic()``'s scale, or None.
-        self.deadline_at = deadline_at
-        self._clock = clock
-
-    def remaining(self) -> float | None:
-        """Seconds left until the call's overall deadline (never negative), or None."""
-        if self.deadline_at is None:
-            return None
-        return max(0.0, self.deadline_at - self._clock.monotonic())
-
-    def __repr__(self) -> str:
-        key = "set" if self.idempotency_key else "none"
-        return f"<Attempt number={self.number} idempotency_key={key}>"
-
-
-#: The running attempt as a plain tuple ``(number, key, deadline_at, clock)``: cheap to set on
-#: the fast path; :func:`current_attempt` builds the :class:`Attempt` only when someone asks.
-_AttemptTuple = tuple[int, str | None, float | None, Clock]
-_CURRENT: contextvars.ContextVar[_AttemptTuple | None] = contextvars.ContextVar(
-    "fintech_resilience.attempt", default=None)
-
-
-def current_attempt() -> Attempt | None:
-    """The :class:`Attempt` running in this context, or None outside ``fr.retry``."""
-    running = _CURRENT.get()
-    return None if running is None else Attempt(*running)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryDetails:
-    """What ``before_sleep`` hooks receive before each retry."""
-
-    name: str
-    attempt: int
-    """The attempt that just failed (1-based)."""
-    wait: float
-    """Seconds the loop sleeps now."""
-    outcome: Outcome
-    idempotency_key: str | None
-
-
-def _exception_predicate(on: ExceptionSpec) -> Callable[[BaseException], bool]:
-    if isinstance(on, type) and issubclass(on, BaseException):
-        return lambda exc: isinstance(exc, on)
-    if isinstance(on, tuple) and on and all(
-            isinstance(t, type) and issubclass(t, BaseException) for t in on):
-        return lambda exc: isinstance(exc, on)
-    if callable(on) and not isinstance(on, type | tuple):
-        return on
-    raise ConfigurationError(
-        f"on must be an exception type, a tuple of them or a predicate (exc) -> bool; got {on!r}."
-        " Write e.g. on=(TimeoutError, ConnectionError)"
-    )
-
-
-def _valid_key(key: object) -> str | None:
-    """The idempotency key if valid (1-255 printable ASCII), None if absent; else raise."""
-    if key is None:
-        return None
-    if isinstance(key, str) and 1 <= len(key) <= 255 and key.isascii() and key.isprintable():
-        return key
-    raise IdempotencyKeyInvalid(
-        "an idempotency key must be 1-255 printable ASCII characters"
-        f" (got a {type(key).__name__} of length {len(key) if isinstance(key, str) else '?'})"
-    )
-
-
-@dataclass(slots=True)
-class _Call:
-    """One logical call: the function, its arguments and what every attempt shares."""
-
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    key: str | None
-    started: float
-    deadline_at: float | None
+def qualified_name(fn: Any) -> str:
+    """``module.qualname`` of a function (the name a retry reports when given none)."""
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{qualname}" if module else str(qualname)
 
 
 class Retry:
     """Retry a sync or async callable on transient failures: ``@fr.retry(...)`` (this class)
-    decorates a function, :meth:`call` / :meth:`acall` run one.
+    decorates a function, :meth:`call` / :meth:`acall` run one, :meth:`retrying` runs a block.
 
     :param on: exception types (or a tuple, or a predicate ``(exc) -> bool``) worth retrying.
         Default ``(ConnectionError, TimeoutError)``. ``CircuitOpen`` and
@@ -199,9 +116,22 @@ class Retry:
         is the key; otherwise the decided key is passed to the function under that name.
     :param never_sent: failures that prove the request never left (default
         ``ConnectionRefusedError``): safe to retry even without a key.
+    :param before: hook called with :class:`AttemptDetails` before every attempt.
+    :param after: hook called with :class:`RetryDetails` after every attempt that failed in a
+        way worth retrying (also the last one).
     :param before_sleep: hook called with :class:`RetryDetails` before each retry.
-    :param name: shown in telemetry (default ``"retry"``).
+    :param retry_error_callback: called with :class:`RetryDetails` when the retries run out;
+        its return value is returned instead of raising.
+    :param log_level: level of the log line each retry writes to the ``fintech_resilience``
+        logger (default ``logging.WARNING``; None: no line).
+    :param name: labels telemetry, log lines and hook details (default: the qualified name of
+        the decorated or called function; for :meth:`retrying` blocks, of the function the
+        block is in).
     :param clock: time source for the deadline and sleeps (tests: ``ManualClock``).
+
+    Hooks are sync callables; a hook that raises is logged and the call goes on. tenacity's
+    callbacks (``tenacity.before_sleep_log(logger, level)``...) receive tenacity's
+    ``RetryCallState``. See :mod:`fintech_resilience.retries.hooks`.
     """
 
     def __init__(
@@ -213,49 +143,22 @@ class Retry:
         max_retry_after: float = 60.0, retry_after: Callable[[Outcome], Any] | None = None,
         idempotent: bool = True, idempotency_key: KeySpec = None, key_argument: str | None = None,
         never_sent: ExceptionSpec = (ConnectionRefusedError,),
-        before_sleep: Callable[[RetryDetails], None] | None = None, name: str | None = None,
+        before: AttemptHook | Callable[[RetryCallState], object] | None = None,
+        after: RetryHook | Callable[[RetryCallState], object] | None = None,
+        before_sleep: RetryHook | Callable[[RetryCallState], object] | None = None,
+        retry_error_callback: Callable[[RetryDetails], Any] | Callable[[RetryCallState], Any]
+        | None = None,
+        log_level: int | None = logging.WARNING, name: str | None = None,
         clock: Clock | None = None,
     ) -> None:
         # the options as given, for replace() (locals() holds exactly the parameters here)
         self._options = {name: value for name, value in locals().items() if name != "self"}
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            raise ConfigurationError(
-                f"attempts must be an int >= 1 (1 = no retries); got {attempts!r}")
-        if deadline is not None and (isinstance(deadline, bool) or not isinstance(
-                deadline, int | float) or not 0 < deadline < float("inf")):
-            raise ConfigurationError(
-                f"deadline must be a positive number of seconds or None; got {deadline!r}")
-        if isinstance(max_retry_after, bool) or not isinstance(
-                max_retry_after, int | float) or not 0 <= max_retry_after < float("inf"):
-            raise ConfigurationError(
-                f"max_retry_after must be a finite number of seconds >= 0; got {max_retry_after!r}")
-        if wait is None:
-            wait = full_jitter(initial=0.1, maximum=5.0)
-        elif isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:
-            seconds = float(wait)
-            wait = lambda _state: seconds  # noqa: E731
-        elif not callable(wait):
-            raise ConfigurationError(
-                f"wait must be a wait strategy such as fr.full_jitter(initial=0.1, maximum=5),"
-                f" a callable (RetryCallState) -> seconds, or seconds >= 0; got {wait!r}")
-        for what, hook in (("on_result", on_result), ("stop", stop), ("retry_after", retry_after),
-                           ("before_sleep", before_sleep)):
-            if hook is not None and not callable(hook):
-                raise ConfigurationError(f"{what} must be callable or None; got {hook!r}")
-        if not (idempotency_key is None or idempotency_key == "auto" or callable(idempotency_key)):
-            raise ConfigurationError(
-                "idempotency_key must be None, 'auto' (generate one per call) or a callable"
-                f" (*args, **kwargs) -> key; got {idempotency_key!r}")
-        if key_argument is not None and not (isinstance(key_argument, str)
-                                             and key_argument.isidentifier()):
-            raise ConfigurationError(
-                f"key_argument must be a keyword argument name such as 'idempotency_key';"
-                f" got {key_argument!r}")
-        if budget is not None and not hasattr(budget, "withdraw"):
-            raise ConfigurationError(f"budget must be a fr.RetryBudget; got {budget!r}")
+        check_options(self._options)
+        self._hooks = Hooks(before=before, after=after, before_sleep=before_sleep,
+                            retry_error_callback=retry_error_callback, log_level=log_level)
         self.attempts = attempts
         self.deadline = None if deadline is None else float(deadline)
-        self.wait = wait
+        self.wait = wait_strategy(wait)
         self.stop = stop
         self.budget = budget
         self.respect_retry_after = bool(respect_retry_after)
@@ -265,14 +168,17 @@ class Retry:
         self.idempotency_key = idempotency_key
         self.key_argument = key_argument
         self.before_sleep = before_sleep
-        self.name = name or "retry"
+        #: The name given, or None (each call is then named after its function).
+        self.name = name
         self.clock: Clock = clock or SYSTEM_CLOCK
         self._on = on
-        self._retry_exc = _exception_predicate(on)
-        self._never_sent = _exception_predicate(never_sent)
+        self._retry_exc = exception_predicate(on, "on")
+        self._never_sent = exception_predicate(never_sent, "never_sent")
         self._on_result = on_result
         self._keyed = idempotency_key is not None or key_argument is not None
         self._mono = time.monotonic if self.clock is SYSTEM_CLOCK else self.clock.monotonic
+        # a `before` hook sees the first attempt too: no fast path then
+        self._direct = before is None
 
     def replace(self, **changes: Any) -> Retry:
         """A new policy with the same options as this one, but for ``changes`` (the names of
@@ -298,30 +204,50 @@ class Retry:
         key = None
         arg = self.key_argument
         if arg is not None and kwargs.get(arg) is not None:
-            key = _valid_key(kwargs[arg])
+            key = valid_key(kwargs[arg])
         elif self.idempotency_key == "auto":
             key = str(uuid.uuid4())
         elif self.idempotency_key is not None:
-            key = _valid_key(self.idempotency_key(*args, **kwargs))
+            key = valid_key(self.idempotency_key(*args, **kwargs))
         if key is not None and arg is not None:
             kwargs[arg] = key
         return key
 
-    def _give_up(self, outcome: Outcome) -> Any:
+    def _begin(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[
+            str | None, float, float | None]:
+        """The call's idempotency key, start time and deadline."""
+        key = self._key(args, kwargs) if self._keyed else None
+        started = self._mono()
+        return key, started, None if self.deadline is None else started + self.deadline
+
+    def _call(self, fn: Callable[..., Any] | None, args: tuple[Any, ...],
+              kwargs: dict[str, Any], begun: tuple[str | None, float, float | None],
+              origin: Any, spans: bool = True) -> Call:
+        """The :class:`Call` the slow path shares between attempts (named only now)."""
+        named = fn if origin is None else origin
+        name = self.name or (named if isinstance(named, str) else qualified_name(named))
+        return Call(fn, args, kwargs, begun[0], begun[1], begun[2], self.clock, name,
+                    None if isinstance(named, str) else named, spans)
+
+    def _give_up(self, call: Call, state: RetryCallState, outcome: Outcome) -> Any:
+        if self._hooks.retry_error is not None:
+            return self._hooks.gave_up(call, state, outcome)
         if outcome.exception is not None:
             raise outcome.exception
         raise RetryError(outcome.attempt, outcome.result)
 
-    def _loop(self, call: _Call, first: Outcome | None) -> Generator[Any, Any, Any]:
+    def _loop(self, call: Call, first: Outcome | None) -> Generator[Any, Any, Any]:
         """Decide every step of one call; yields ``(number, wait)`` (run attempt ``number``),
-        ``_WITHDRAW`` (ask the budget) or a float (sleep that many seconds).
+        ``WITHDRAW`` (ask the budget) or a float (sleep that many seconds).
 
         Returns the result to hand back, or raises what the caller gets.
         """
-        state = RetryCallState(cast(Any, self), call.fn, call.args, call.kwargs)
+        hooks = self._hooks
+        state = RetryCallState(cast(Any, self), call.origin, call.args, call.kwargs)
         state.start_time = call.started
         outcome = first
         if outcome is None:
+            hooks.starting(call, state, 1, 0.0)
             outcome = yield (1, 0.0)
         while True:
             exc = outcome.exception
@@ -333,31 +259,32 @@ class Retry:
                 if isinstance(exc, NEVER_RETRIED) or not self._retry_exc(exc):
                     raise exc
                 state.set_exception((type(exc), exc, exc.__traceback__))
-                if not self.idempotent and call.key is None and not self._never_sent(exc):
-                    raise exc  # the request may have been sent: only a key makes a retry safe
             now = self.clock.monotonic()
             state.outcome_timestamp = now
+            hooks.failed(call, state, outcome)
+            if exc is not None and not self.idempotent and call.key is None and (
+                    not self._never_sent(exc)):
+                raise exc  # the request may have been sent: only a key makes a retry safe
             if (outcome.attempt >= attempts_under_test(self.attempts)
                     or (self.stop is not None and self.stop(state))):
-                return self._give_up(outcome)
+                return self._give_up(call, state, outcome)
             wait = self._wait(state, outcome)
             if call.deadline_at is not None and now + wait >= call.deadline_at:
-                return self._give_up(outcome)
-            if self.budget is not None and not (yield _WITHDRAW):
+                return self._give_up(call, state, outcome)
+            if self.budget is not None and not (yield WITHDRAW):
                 if telemetry.active():
-                    telemetry.emit_decision(telemetry.Pattern.RETRY, self.name,
+                    telemetry.emit_decision(telemetry.Pattern.RETRY, call.name,
                                             telemetry.Decision.BUDGET_EXHAUSTED)
                 raise RetryBudgetExhausted(self.budget.name) from exc
             if telemetry.active():
-                telemetry.emit_retry(self.name, outcome.attempt, wait, exc)
-            if self.before_sleep is not None:
-                self.before_sleep(RetryDetails(self.name, outcome.attempt, wait, outcome,
-                                               call.key))
+                telemetry.emit_retry(call.name, outcome.attempt, wait, exc)
+            hooks.retrying(call, state, outcome, wait)
             if wait > 0:
                 yield wait
             state.idle_for += wait
             state.upcoming_sleep = wait
             state.prepare_for_next_attempt()
+            hooks.starting(call, state, outcome.attempt + 1, wait)
             outcome = yield (outcome.attempt + 1, wait)
 
     def _wait(self, state: RetryCallState, outcome: Outcome) -> float:
@@ -373,25 +300,24 @@ class Retry:
                 wait = max(wait, min(hint, self.max_retry_after))
         return wait
 
-    # --- thin drivers ------------------------------------------------------------------------
-
-    def _span(self, number: int, wait: float) -> contextlib.AbstractContextManager[Any]:
-        if not telemetry.active():
-            return contextlib.nullcontext()
-        return _attempt_span(self.name, number, wait)
+    # --- thin drivers: the first attempt inline, then the loop's drivers (drive.py) ----------
 
     def call(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Call ``fn(*args, **kwargs)`` under this policy (sync)."""
         return cast(R, self._run(fn, args, kwargs))
 
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+             origin: Any = None, spans: bool = True) -> Any:
+        """Run ``fn`` under this policy; ``origin`` (a function or a name) names the call when
+        ``fn`` is a wrapper, ``spans=False`` leaves each attempt's span to the caller."""
+        # the prologue is inline (not _begin): it is most of what a successful call costs
         key = self._key(args, kwargs) if self._keyed else None
         started = self._mono()
         deadline_at = None if self.deadline is None else started + self.deadline
         if self.budget is not None:
             self.budget.deposit()
         first = None
-        if not telemetry.active():  # the fast path: no tenacity, no generator, no allocation
+        if self._direct and not telemetry.active():  # the fast path: no tenacity, no generator
             token = _CURRENT.set((1, key, deadline_at, self.clock))
             try:
                 result = fn(*args, **kwargs)
@@ -403,48 +329,27 @@ class Retry:
                 first = Outcome(result=result, attempt=1)
             finally:
                 _CURRENT.reset(token)
-        return self._drive(_Call(fn, args, kwargs, key, started, deadline_at), first)
-
-    def _drive(self, call: _Call, first: Outcome | None) -> Any:
-        loop = self._loop(call, first)
-        reply: Any = None
-        while True:
-            try:
-                action = loop.send(reply)
-            except StopIteration as stop:
-                return stop.value
-            if action is _WITHDRAW:
-                reply = self.budget.withdraw()  # type: ignore[union-attr]
-            elif isinstance(action, float):
-                self.clock.sleep(action)
-                reply = None
-            else:
-                number, wait = action
-                token = _CURRENT.set((number, call.key, call.deadline_at, self.clock))
-                try:
-                    with self._span(number, wait) as span:
-                        try:
-                            reply = Outcome(call.fn(*call.args, **call.kwargs), attempt=number)
-                        except Exception as exc:
-                            reply = Outcome(exception=exc, attempt=number)
-                        if span is not None:
-                            _end_span(span, reply)
-                finally:
-                    _CURRENT.reset(token)
+        steps = Steps(self, self._call(fn, args, kwargs, (key, started, deadline_at), origin,
+                                       spans), first, False)
+        for attempt in steps:
+            with attempt:
+                attempt.set_result(fn(*args, **kwargs))
+        return steps.value
 
     async def acall(self, fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any) -> R:
         """Await ``fn(*args, **kwargs)`` under this policy (async)."""
         return cast(R, await self._arun(fn, args, kwargs))
 
     async def _arun(self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> Any:
+                    kwargs: dict[str, Any], origin: Any = None, spans: bool = True) -> Any:
+        """Async twin of :meth:`_run`."""
         key = self._key(args, kwargs) if self._keyed else None
         started = self._mono()
         deadline_at = None if self.deadline is None else started + self.deadline
         if self.budget is not None:
             await self.budget.adeposit()
         first = None
-        if not telemetry.active():
+        if self._direct and not telemetry.active():
             token = _CURRENT.set((1, key, deadline_at, self.clock))
             try:
                 result = await fn(*args, **kwargs)
@@ -456,35 +361,19 @@ class Retry:
                 first = Outcome(result=result, attempt=1)
             finally:
                 _CURRENT.reset(token)
-        return await self._adrive(_Call(fn, args, kwargs, key, started, deadline_at), first)
+        steps = AsyncSteps(self, self._call(fn, args, kwargs, (key, started, deadline_at),
+                                            origin, spans), first, False)
+        async for attempt in steps:
+            with attempt:
+                attempt.set_result(await fn(*args, **kwargs))
+        return steps.value
 
-    async def _adrive(self, call: _Call, first: Outcome | None) -> Any:
-        loop = self._loop(call, first)
-        reply: Any = None
-        while True:
-            try:
-                action = loop.send(reply)
-            except StopIteration as stop:
-                return stop.value
-            if action is _WITHDRAW:
-                reply = await self.budget.awithdraw()  # type: ignore[union-attr]
-            elif isinstance(action, float):
-                await self.clock.asleep(action)
-                reply = None
-            else:
-                number, wait = action
-                token = _CURRENT.set((number, call.key, call.deadline_at, self.clock))
-                try:
-                    with self._span(number, wait) as span:
-                        try:
-                            result = await call.fn(*call.args, **call.kwargs)
-                            reply = Outcome(result, attempt=number)
-                        except Exception as exc:
-                            reply = Outcome(exception=exc, attempt=number)
-                        if span is not None:
-                            _end_span(span, reply)
-                finally:
-                    _CURRENT.reset(token)
+    def retrying(self, *, name: str | None = None) -> Retrying:
+        """Retry a block under this policy: ``for attempt in policy.retrying(): with attempt:``
+        (or ``async for``). See :func:`~fintech_resilience.retrying`."""
+        from .block import Retrying, caller_name
+
+        return Retrying(self, name or self.name or caller_name(1))
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate ``fn`` (a function or a coroutine function)."""
@@ -509,29 +398,6 @@ class Retry:
                 f" idempotent={self.idempotent}, budget={self.budget!r})")
 
 
-@contextlib.contextmanager
-def _attempt_span(name: str, number: int, wait: float) -> Iterator[Span | None]:
-    attributes: dict[str, str | int | float] = {
-        telemetry.Attr.PATTERN: telemetry.Pattern.RETRY, telemetry.Attr.NAME: name,
-        telemetry.Attr.ATTEMPT: number, telemetry.Attr.WAIT: wait}
-    with telemetry.tracer.start_as_current_span(
-            SPAN_NAME, attributes=attributes, record_exception=False,
-            set_status_on_exception=False) as span:
-        yield span if span.is_recording() else None
-
-
-def _end_span(span: Span, outcome: Outcome) -> None:
-    if outcome.exception is None:
-        span.set_attribute(telemetry.Attr.OUTCOME, telemetry.Decision.SUCCESS)
-    else:
-        span.set_attribute(telemetry.Attr.OUTCOME, telemetry.Decision.FAILURE)
-        # an exception may name its own error.type (an HTTP failure uses its status code)
-        error_type = getattr(outcome.exception, "error_type", None)
-        span.set_attribute(telemetry.Attr.ERROR_TYPE, error_type if isinstance(error_type, str)
-                           else type(outcome.exception).__qualname__)
-
-
 #: ``fr.retry(...)`` builds a :class:`Retry` (the lower-case name reads well as a decorator).
 retry = Retry
-
 
