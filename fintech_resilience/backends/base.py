@@ -60,6 +60,8 @@ class Backend(abc.ABC):
     #: True when every process using the same store sees the same state (Redis); False for
     #: state private to this process (memory).
     shared: bool = True
+    #: True when writes go to replicas that can acknowledge them (:meth:`run_replicated`).
+    replicated: bool = False
 
     @abc.abstractmethod
     def run(self, script: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
@@ -86,6 +88,13 @@ class Backend(abc.ABC):
         when the operation must decide). None (the default): every outcome runs the operation.
         The memory backend offers it for count windows (its successes need no round trip)."""
         return None
+
+    def run_replicated(self, script: str, keys: Sequence[str], args: Sequence[Arg],
+                       replicas: int, timeout: float) -> tuple[Any, int]:
+        """Run ``script`` and wait until ``replicas`` replicas acknowledged its writes, at most
+        ``timeout`` seconds; return ``(reply, replicas that acknowledged)``. Only a store with
+        replicas offers it (:attr:`replicated`)."""
+        raise ConfigurationError(f"{type(self).__name__} has no replicas to wait for")
 
     def warn_if_evicting(self, what: str) -> bool:
         """Log a warning (and return True) when the store may evict keys that hold ``what``;

@@ -213,11 +213,11 @@ def _url(args: argparse.Namespace) -> str:
 
 
 def _connect(url: str, timeout: float) -> Any:
-    """A :class:`~fintech_resilience.cli.ops.RedisOps` whose primaries all answered."""
+    """A :class:`~fintech_resilience.inspection.redis.RedisOps` whose primaries all answered."""
     import redis.exceptions as rex
 
     from ..errors import BackendUnavailable, ConfigurationError
-    from .ops import RedisOps, redact_url
+    from ..inspection.redis import RedisOps, redact_url
 
     try:
         ops = RedisOps(url, timeout=timeout)
@@ -234,7 +234,7 @@ def _run_ops(args: argparse.Namespace, body: Callable[[Any], int]) -> int:
     import redis.exceptions as rex
 
     from ..errors import BackendUnavailable
-    from .ops import redact_url
+    from ..inspection.redis import redact_url
 
     url = _url(args)
     ops = _connect(url, args.timeout)
@@ -249,7 +249,7 @@ def _run_ops(args: argparse.Namespace, body: Callable[[Any], int]) -> int:
 
 
 def _status(args: argparse.Namespace, out: TextIO) -> int:
-    from .ops import status
+    from ..inspection.redis import status
 
     def body(ops: Any) -> int:
         report = status(ops, args.namespace, max(0, args.limit))
@@ -322,7 +322,7 @@ def _audit_log(args: argparse.Namespace, backend: Any) -> Any:
 def _breaker(args: argparse.Namespace, out: TextIO) -> int:
     from ..breaker.circuit import CircuitBreaker
     from ..errors import ConfigurationError
-    from .ops import BREAKER_FIELDS, breaker_row, tag
+    from ..inspection.redis import BREAKER_FIELDS, breaker_row, tag
 
     try:
         name = _keys.validate_name(args.name, "breaker name")
@@ -403,7 +403,7 @@ def _record_key(args: argparse.Namespace) -> str:
 
 
 def _idempotency(args: argparse.Namespace, out: TextIO) -> int:
-    from .ops import idempotency_record
+    from ..inspection.redis import idempotency_record
 
     record_key = _record_key(args)
 
@@ -471,7 +471,7 @@ def _limit(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _check(args: argparse.Namespace, out: TextIO) -> int:
-    from .ops import check
+    from ..inspection.redis import check
 
     def body(ops: Any) -> int:
         findings = check(ops, load_scripts=args.load_scripts, max_skew=args.max_skew)

@@ -21,9 +21,9 @@ from typing import Any
 
 from ..audit import log as _audit
 from ..core import storage_keys
+from ..inspection.redis import RedisOps, _num
 from ..ratelimit.accounting import reset_record
 from ..ratelimit.limiter import RateLimiter
-from .ops import RedisOps, _num
 
 __all__ = ["limit_command", "limit_lines"]
 

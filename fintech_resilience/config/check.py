@@ -35,7 +35,7 @@ def check_config(config: Config | Mapping[str, Any] | None = None, *,
     :class:`~fintech_resilience.BackendUnavailable` when Redis cannot be reached (a wrong host
     or port, a server down, a refused password).
     """
-    from ..cli.ops import Finding
+    from ..inspection.redis import Finding
 
     if config is None:
         config = Config.from_env()
@@ -65,7 +65,7 @@ def check_config(config: Config | Mapping[str, Any] | None = None, *,
 
 def _backend_findings(config: Config, timeout: float) -> list[Any]:
     from ..backends.redis import RedisBackend
-    from ..cli.ops import Finding, RedisOps, check
+    from ..inspection.redis import Finding, RedisOps, check
 
     url = config.backend if isinstance(config.backend, str) else None
     if url is not None and not url.lower().startswith("memory:"):

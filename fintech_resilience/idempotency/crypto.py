@@ -15,6 +15,8 @@ onto another record does not decrypt.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 from collections.abc import Mapping
@@ -22,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigurationError, DecryptionError
 
-__all__ = ["AesGcmCipher", "Cipher", "DecryptionError"]
+__all__ = ["AesGcmCipher", "Cipher", "DecryptionError", "Mac"]
 
 _VERSION = 1
 _NONCE_BYTES = 12
@@ -126,3 +128,22 @@ class AesGcmCipher:
     def __repr__(self) -> str:
         ids = ", ".join(sorted(k.decode() for k in self._aeads))
         return f"AesGcmCipher(keys=[{ids}], primary={self.primary!r})"
+
+
+class Mac:
+    """HMAC-SHA256 of length-prefixed parts under one key (the key is set up once and copied)."""
+
+    __slots__ = ("_keyed",)
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+    def parts(self, *parts: bytes | str) -> bytes:
+        """The MAC of length-prefixed parts (no ambiguity between part borders)."""
+        mac = self._keyed.copy()
+        for part in parts:
+            if isinstance(part, str):
+                part = part.encode("utf-8", "surrogatepass")
+            mac.update(len(part).to_bytes(8, "big"))
+            mac.update(part)
+        return mac.digest()

@@ -295,3 +295,11 @@ def exception_response(exc: BaseException, serializer: Serializer) -> StoredResp
     except (TypeError, ValueError):
         return StoredResponse("exception", headers=headers, replayable=False)
     return StoredResponse("exception", headers=headers, body=body)
+
+
+def is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True

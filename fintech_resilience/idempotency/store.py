@@ -24,9 +24,6 @@ Inside a handler, :func:`current_idempotency` gives the fencing token and a down
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import logging
 import secrets
 import threading
@@ -35,8 +32,7 @@ from collections.abc import Sequence
 from typing import Any, Final, ParamSpec, TypeVar
 
 from ..audit import log as _audit
-from ..backends.base import ALLOW, Backend, BackendGuard, Fallback, OnBackendError
-from ..backends.redis import RedisBackend
+from ..backends.base import ALLOW, BackendGuard, Fallback, OnBackendError
 from ..backends.resolve import BackendSpec, resolve_backend
 from ..core import storage_keys as _keys
 from ..core import telemetry
@@ -49,7 +45,7 @@ from ..errors import (
     ConfigurationError,
 )
 from .context import Claim, IdempotencyContext
-from .crypto import Cipher
+from .crypto import Cipher, Mac
 from .record import (
     ClaimOutcome,
     ClaimReply,
@@ -57,6 +53,7 @@ from .record import (
     StoredResponse,
     decode_response,
     encode_response,
+    is_json,
     parse_claim,
     parse_complete,
 )
@@ -81,25 +78,6 @@ _AUDITED: Final = {
     ClaimOutcome.OUTCOME_UNKNOWN.value: _audit.EventType.IDEMPOTENCY_OUTCOME_UNKNOWN,
 }
 _KIND: Final = "idem"
-
-
-class _Mac:
-    """HMAC-SHA256 of length-prefixed parts under one key (the key is set up once and copied)."""
-
-    __slots__ = ("_keyed",)
-
-    def __init__(self, key: bytes) -> None:
-        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
-
-    def parts(self, *parts: bytes | str) -> bytes:
-        """The MAC of length-prefixed parts (no ambiguity between part borders)."""
-        mac = self._keyed.copy()
-        for part in parts:
-            if isinstance(part, str):
-                part = part.encode("utf-8", "surrogatepass")
-            mac.update(len(part).to_bytes(8, "big"))
-            mac.update(part)
-        return mac.digest()
 
 
 def _number(value: object, what: str, low: float, high: float) -> float:
@@ -170,7 +148,7 @@ class IdempotencyStore:
         raw_secret = secret.encode() if isinstance(secret, str) else secret
         if not isinstance(raw_secret, bytes) or len(raw_secret) < 16:
             raise ConfigurationError("secret must be at least 16 bytes (os.urandom(32))")
-        self._mac = _Mac(raw_secret)
+        self._mac = Mac(raw_secret)
         if redactor is not None and not callable(getattr(redactor, "redact_bytes", None)):
             raise ConfigurationError("redactor needs a redact_bytes(data, content_type) method;"
                                      " use fintech_resilience.Redactor.pci()")
@@ -179,7 +157,7 @@ class IdempotencyStore:
             raise ConfigurationError("cipher needs encrypt/decrypt; use crypto.AesGcmCipher")
         if type(wait_replicas) is not int or wait_replicas < 0:
             raise ConfigurationError(f"wait_replicas must be an int >= 0; got {wait_replicas!r}")
-        if wait_replicas and getattr(self.backend, "kind", "") != "redis":
+        if wait_replicas and not self.backend.replicated:
             raise ConfigurationError("wait_replicas needs a RedisBackend (replicas acknowledge"
                                      " writes there); remove it for other backends")
         self.wait_replicas = wait_replicas
@@ -316,7 +294,7 @@ class IdempotencyStore:
         if self.redactor is not None and response.kind == "http":
             response = redact_stored(response, self.redactor)
         elif self.redactor is not None and response.body:
-            content_type = "application/json" if _is_json(response.body) else None
+            content_type = "application/json" if is_json(response.body) else None
             if content_type is None:
                 return encode_response(response, cipher=self.cipher,
                                        associated_data=claim.record_key.encode())
@@ -434,8 +412,8 @@ class IdempotencyStore:
     def _complete_and_wait(self, claim: Claim, args: Sequence[Any]) -> Any:
         """Complete and ``WAIT`` in one pipeline on one connection (WAIT counts the replicas that
         acknowledged *this connection's* writes); in a Cluster, on the node owning the key."""
-        raw, acked = _complete_and_wait(self.backend, claim.record_key, args, self.wait_replicas,
-                                       self.wait_timeout)
+        raw, acked = self.backend.run_replicated("idempotency_complete", [claim.record_key], args,
+                                                 self.wait_replicas, self.wait_timeout)
         if acked < self.wait_replicas:
             self.audit("replication_timeout", claim.key_hash, claim.fencing_token,
                        level=logging.WARNING, acked=acked, wanted=self.wait_replicas)
@@ -500,51 +478,3 @@ class IdempotencyStore:
     def __repr__(self) -> str:
         return (f"IdempotencyStore(name={self.name!r}, ttl={self.ttl}, lease={self.lease},"
                 f" backend={self.backend!r})")
-
-
-def _complete_and_wait(backend: Backend, record_key: str, args: Sequence[Any], replicas: int,
-                       timeout: float) -> tuple[Any, int]:
-    """Run ``idempotency_complete`` then ``WAIT replicas timeout`` in one pipeline (one round trip,
-    one connection) on the node that owns ``record_key``; return (reply, replicas that acked)."""
-    import redis.exceptions as rex
-
-    from ..backends.redis import script
-
-    if not isinstance(backend, RedisBackend):
-        raise ConfigurationError("wait_replicas needs a RedisBackend")
-    sha, source = script("idempotency_complete")
-    health = backend.health_for(record_key)  # the health of the node that owns the record
-    health.before_call()
-    client = backend.client
-    if backend.topology == "cluster":
-        client = client.get_node_from_key(record_key).redis_connection
-    wait_ms = max(1, round(timeout * 1000))
-    try:
-        for attempt in (0, 1):
-            pipe = client.pipeline(transaction=False)
-            if attempt == 0:
-                pipe.evalsha(sha, 1, record_key, *args)
-            else:
-                pipe.eval(source, 1, record_key, *args)
-            pipe.execute_command("WAIT", replicas, wait_ms)
-            raw, acked = pipe.execute(raise_on_error=False)
-            if isinstance(raw, rex.NoScriptError) and attempt == 0:
-                continue
-            break
-        if isinstance(raw, BaseException):
-            raise raw
-        if isinstance(acked, BaseException):
-            raise acked
-    except (rex.RedisError, OSError) as exc:
-        health.failure()
-        raise BackendUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
-    health.success()
-    return raw, int(acked)
-
-
-def _is_json(data: bytes) -> bool:
-    try:
-        json.loads(data)
-    except ValueError:
-        return False
-    return True

@@ -63,6 +63,7 @@ class RedisBackend(Backend):
     """
 
     kind = "redis"
+    replicated = True
 
     def __init__(self, client: Any = None, *, async_client: Any = None,
                  timeout: float | None = None, connect_timeout: float | None = None,
@@ -326,6 +327,35 @@ class RedisBackend(Backend):
         raise BackendUnavailable(f"Redis {node.address}: {reply}")
 
     # -- checks ----------------------------------------------------------------------------------
+    def run_replicated(self, script_name: str, keys: Sequence[str], args: Sequence[Arg],
+                       replicas: int, timeout: float) -> tuple[Any, int]:
+        """The script then ``WAIT replicas timeout`` in one pipeline: one round trip, on one
+        connection (``WAIT`` counts the acknowledgements of that connection's writes), on the
+        node that owns ``keys[0]``."""
+        sha, source = script(script_name)
+        health = self.health_for(keys[0])
+        health.before_call()
+        client = self.client
+        if self.topology == "cluster":
+            client = client.get_node_from_key(keys[0]).redis_connection
+        wait_ms = max(1, round(timeout * 1000))
+        try:
+            for command in (("EVALSHA", sha), ("EVAL", source)):
+                pipe = client.pipeline(transaction=False)
+                pipe.execute_command(*command, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", replicas, wait_ms)
+                raw, acked = pipe.execute(raise_on_error=False)
+                if not isinstance(raw, rex.NoScriptError):
+                    break
+            for reply in (raw, acked):
+                if isinstance(reply, BaseException):
+                    raise reply
+        except (rex.RedisError, OSError) as exc:
+            health.failure()
+            raise BackendUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
+        health.success()
+        return raw, int(acked)
+
     def eviction_policies(self) -> list[str]:
         """``maxmemory-policy`` of the server (of every primary on a Cluster).
 
