@@ -45,9 +45,6 @@ from fintech_resilience.asgi import IdempotencyMiddleware
 from fintech_resilience.idempotency import IdempotencyStore
 
 ROUNDS = 21
-# the default RedisBackend (one pipelined connection per event loop); --no-pipeline measures
-# RedisBackend(pipeline=False), where each decision is its own redis-py EVALSHA
-PIPELINE = "--no-pipeline" not in sys.argv
 PER_ROUND = 200
 SECRET = b"benchmark-secret-0123456789"
 BODY = b'{"amount":1250,"currency":"EUR","card":"tok_visa"}'
@@ -136,7 +133,7 @@ async def round_trips(server: servers.RedisServer, app: Any) -> tuple[float, flo
 async def main() -> None:
     server = servers.RedisServer()
     try:
-        backend = RedisBackend.from_url(server.url, timeout=1.0, pipeline=PIPELINE)
+        backend = RedisBackend.from_url(server.url, timeout=1.0)
         redis_store = IdempotencyStore(backend, secret=SECRET)
         memory_store = IdempotencyStore(MemoryBackend(), secret=SECRET)
         bare = make_app()
