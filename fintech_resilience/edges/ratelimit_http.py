@@ -262,6 +262,11 @@ class RateLimitCore:
                 counted: Sequence[Counted] = ()) -> Verdict:
         """Translate (rule, decision) pairs into a pass (with fields) or a 429/503 problem;
         ``counted``: the acquisitions to settle once the response is known."""
+        if len(decided) == 1 and not counted and not telemetry.active():
+            only = decided[0][1]
+            if only.allowed and not only.shadowed:  # one plain admission: the usual request
+                return Verdict(True, headers=self._allowed_fields([only], False),
+                               decisions=[only])
         last = decided[-1][1]
         refused = last if not last.allowed else None
         shadowed = any(d.shadowed for _, d in decided)
