@@ -80,3 +80,27 @@ def test_concurrency_slots_are_leases():
     assert d.acquired and d.in_use == 2
     assert not slots.release(b)  # releasing an expired lease frees nothing of anyone else
     assert slots.release(a) and slots.release(d)
+
+
+def test_a_bound_rate_limit_operation_answers_as_the_operation_itself():
+    """MemoryBackend.bind prepares ratelimit_gcra once (one limit goes straight to the
+    single-limit step); its replies and stored state equal backend.run's, step by step."""
+    clocks = (ManualClock(), ManualClock())
+    bound_backend, plain_backend = (MemoryBackend(clock=c) for c in clocks)
+    bound = bound_backend.bind("ratelimit_gcra")
+    one = (0, 1, 250_000.0, 1_000_000.0)  # 4/second, burst 4
+    two = (0, 2, 250_000.0, 1_000_000.0, 10_000_000.0, 20_000_000.0)
+    steps = [(["a"], one), (["a"], one), (["b", "c"], two), (["a"], (0, 3, *one[2:])),
+             (["b", "c"], two), (["a"], one), (["b", "c"], two)]
+    for round_ in range(3):
+        for keys, args in steps:
+            assert bound(keys, args) == plain_backend.run("ratelimit_gcra", keys, args)
+        # a caller's own time (args[0]) wins over the backend's clock, as in the script
+        at = (0.4 + round_) * 1_000_000 + 1
+        assert (bound(["a"], (round(at), *one[1:]))
+                == plain_backend.run("ratelimit_gcra", ["a"], (round(at), *one[1:])))
+        for clock in clocks:
+            clock.advance(0.37)
+    assert bound_backend.store.data.keys() == plain_backend.store.data.keys()
+    assert ([e[0] for e in bound_backend.store.data.values()]
+            == [e[0] for e in plain_backend.store.data.values()])

@@ -23,7 +23,7 @@ from ..core import telemetry
 from ..core.resets import on_reset
 from ..errors import BackendFull, ConfigurationError
 from .base import Arg, Backend, BoundOp
-from .memory_ops import MemoryOp, load_ops
+from .memory_ops import MemoryOp, binders, load_ops
 
 __all__ = ["MemoryBackend", "MemoryStore", "default_backend"]
 
@@ -234,8 +234,12 @@ class MemoryBackend(Backend):
             return op(store, keys, args, now)  # type: ignore[arg-type]  # ARGV[1] is int
 
     def bind(self, script: str) -> BoundOp:
-        """The operation bound to this backend's store, lock and clock (no lookup per call)."""
+        """The operation bound to this backend's store, lock and clock (no lookup per call);
+        an operation with a binder (``memory_ops.memory_binder``) prepares itself."""
         (op, store), lock, clock = self._op(script), self.lock, self.clock
+        binder = binders().get(script)
+        if binder is not None:
+            return binder(store, lock, None if clock is None else self.now_us)
         time_ns = time.time_ns
 
         def run(keys: Sequence[str], args: Sequence[Arg]) -> Any:

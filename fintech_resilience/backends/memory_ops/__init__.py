@@ -5,23 +5,35 @@ of this package, so adding an operation needs no central list. An operation rece
 the keys, the arguments (``args[0]`` is the caller's time or 0) and the resolved time in
 microseconds, and returns exactly what the Lua script of the same name returns through redis-py
 (ints, bytes, lists of those).
+
+An operation that a pattern runs on every call may also register a *binder*
+(:func:`memory_binder`): :meth:`MemoryBackend.bind <fintech_resilience.backends.memory.
+MemoryBackend.bind>` then calls it once with the store, the lock and the clock, and the pattern
+calls what it returns - the place for a hot operation's preparation (no dispatch, no generic
+argument handling per call). Its replies stay those of the operation.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
+    from ..base import BoundOp
     from ..memory import MemoryStore
 
-__all__ = ["MemoryOp", "load_ops", "memory_op"]
+__all__ = ["Binder", "MemoryOp", "binders", "load_ops", "memory_binder", "memory_op"]
 
 MemoryOp: TypeAlias = Callable[["MemoryStore", Sequence[str], Sequence[Any], int], Any]
+#: ``(store, lock, now_us or None for real time) -> bound operation``
+Binder: TypeAlias = Callable[
+    ["MemoryStore", threading.Lock, "Callable[[], int] | None"], "BoundOp"]
 
 _REGISTRY: dict[str, MemoryOp] = {}
+_BINDERS: dict[str, Binder] = {}
 _loaded = False
 
 
@@ -33,6 +45,22 @@ def memory_op(name: str) -> Callable[[MemoryOp], MemoryOp]:
         return fn
 
     return register
+
+
+def memory_binder(name: str) -> Callable[[Binder], Binder]:
+    """Register ``fn`` as the binder of operation ``name`` (see the module docstring)."""
+
+    def register(fn: Binder) -> Binder:
+        _BINDERS[name] = fn
+        return fn
+
+    return register
+
+
+def binders() -> dict[str, Binder]:
+    """The registered binders, by operation name (after :func:`load_ops`)."""
+    load_ops()
+    return _BINDERS
 
 
 def load_ops() -> dict[str, MemoryOp]:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
+from math import ceil, floor
 from typing import TYPE_CHECKING, Any
 
-from . import memory_op
+from . import memory_binder, memory_op
 
 if TYPE_CHECKING:
+    from ..base import Arg, BoundOp
     from ..memory import MemoryStore
 
 
@@ -35,19 +39,19 @@ def gcra_limit(store: MemoryStore, key: str, now_us: int, cost: float, interval:
         # 1 microsecond of tolerance absorbs the rounding of fractional emission intervals
         wait = (tat - now) + increment - tau
         if wait >= 1.0:
-            allowed, retry = 0, math.floor(wait + 0.5)
+            allowed, retry = 0, floor(wait + 0.5)
         else:
             allowed, retry = 1, 0
             if admit:
                 tat += increment
-                ttl = (math.ceil((tat - now) / 1000) + 1000) * 1000
+                ttl = (ceil((tat - now) / 1000) + 1000) * 1000
                 if entry is None:
                     store.set(key, tat, ttl, now_us)
                 else:
                     entry[0] = tat
                     entry[1] = now_us + ttl
-    remaining = math.floor((tau - (tat - now)) / interval + 1e-6)
-    return [allowed, retry, remaining if remaining > 0 else 0, math.floor(tat - now + 0.5)]
+    remaining = floor((tau - (tat - now)) / interval + 1e-6)
+    return [allowed, retry, remaining if remaining > 0 else 0, floor(tat - now + 0.5)]
 
 
 @memory_op("ratelimit_gcra")
@@ -66,6 +70,32 @@ def gcra(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: i
     for reply in replies:
         out += reply[2:]
     return out
+
+
+@memory_binder("ratelimit_gcra")
+def bind_gcra(store: MemoryStore, lock: threading.Lock,
+              now_us: Callable[[], int] | None) -> BoundOp:
+    """``ratelimit_gcra`` as a limiter runs it on every call: one limit (the usual limiter) goes
+    straight to :func:`gcra_limit`, several to :func:`gcra`.
+
+    This is the zero-config default's rate-limit decision, so what every call would repeat is
+    done here once: the lock's methods are looked up once (a ``with`` statement looks them up on
+    every call) and real time is read without a call of the backend's own."""
+    acquire, release = lock.acquire, lock.release
+    time_ns = time.time_ns
+
+    def run(keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        now = args[0] or (time_ns() // 1000 if now_us is None else now_us())
+        if len(keys) != 1:
+            with lock:
+                return gcra(store, keys, args, now)  # type: ignore[arg-type]  # ARGV[1] is int
+        acquire()
+        try:
+            return gcra_limit(store, keys[0], now, args[1], args[2], args[3])  # type: ignore[arg-type]
+        finally:
+            release()
+
+    return run
 
 
 @memory_op("ratelimit_sliding_window")
