@@ -9,6 +9,10 @@ and a 3-primary Cluster. Per topology:
 
 a. decisions/s of 50 asyncio tasks, each deciding in a loop;
 b. sync decision latency from one thread (median and p99 of single decisions);
+   Beside it, for standalone TCP and the Cluster, the same decisions as bare redis-py EVALSHAs
+   of the very script, keys sent to their primary over one plain ``redis.Redis`` connection per
+   primary (no library code): the "bare" ratio is what this machine charges any client for
+   spreading the keys over several server processes.
 c. round trips per decision: Redis ``INFO commandstats`` calls of EVALSHA (and EVAL) on every
    node, divided by the decisions made, for the asyncio and the sync case; and the other
    commands clients sent per decision (all calls minus the scripts and the TIME, GET and SET
@@ -39,9 +43,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import redis
 import servers
+from redis.cluster import RedisCluster
 
 from fintech_resilience import RateLimiter, RedisBackend
+from fintech_resilience.backends.redis import script
 
 LIMIT = "1000000000/minute"  # never refuses: every case measures an admitted decision
 KEYS = [f"k{i}" for i in range(1000)]
@@ -70,6 +77,10 @@ class Topology:
         self.sync_scripts: list[float] = []
         self.async_commands: list[float] = []
         self.sync_commands: list[float] = []
+        #: bare redis-py sync latency (standalone TCP and Cluster only), and its ratio to TCP's
+        self.bare: BareClient | None = None
+        self.bare_median_us: list[float] = []
+        self.bare_ratio: list[float] = []
 
     def reset_stats(self) -> None:
         for node in self.nodes:
@@ -89,6 +100,43 @@ class Topology:
                 elif name.split("|")[0] not in INSIDE_THE_SCRIPT:  # "cmdstat_config|resetstat"
                     other += calls
         return scripts, other
+
+
+class BareClient:
+    """Bare redis-py: EVALSHA of the limiter's own script, each key sent to its primary over
+    one ``redis.Redis`` connection per primary (a Cluster's slot map read once)."""
+
+    def __init__(self, limiter: RateLimiter, nodes: list[tuple[str, int]],
+                 cluster: bool) -> None:
+        self.sha, source = script(f"ratelimit_{limiter.algorithm}")
+        clients = {node: redis.Redis(host=node[0], port=node[1]) for node in nodes}
+        for client in clients.values():
+            client.script_load(source)
+        self.args = (0, 1, *limiter.spec.parameters)  # the backend's clock, cost 1
+        if cluster:
+            slots = RedisCluster(host=nodes[0][0], port=nodes[0][1])
+            where = [slots.get_node_from_key(k) for k in self.storage_keys(limiter)]
+            self.calls = [(clients[(n.host, n.port)], k)
+                          for n, k in zip(where, self.storage_keys(limiter), strict=True)]
+            slots.close()
+        else:
+            only = next(iter(clients.values()))
+            self.calls = [(only, k) for k in self.storage_keys(limiter)]
+
+    @staticmethod
+    def storage_keys(limiter: RateLimiter) -> list[str]:
+        return [limiter.storage_keys(k)[0] for k in KEYS]
+
+    def latencies_us(self, n: int) -> list[float]:
+        clock = time.perf_counter_ns
+        sha, args, calls = self.sha, self.args, self.calls
+        out = []
+        for i in range(n):
+            client, key = calls[i % len(calls)]
+            start = clock()
+            client.evalsha(sha, 1, key, *args)
+            out.append((clock() - start) / 1000)
+        return out
 
 
 async def decisions_per_s(topo: Topology, per_task: int) -> float:
@@ -150,6 +198,16 @@ async def paired(base: Topology, topo: Topology, per_task: int, sync_n: int,
             measured.p99_us.append(percentile(lat, 0.99))
             got[measured.name] = measured.median_us[-1]
         sync_ratios.append(got[topo.name] / got[base.name])
+    if topo.bare is not None and base.bare is not None:
+        bare_ratios = []
+        for i in range(10):
+            order = (base, topo) if (i % 2 == 0) == first else (topo, base)
+            for measured in order:
+                assert measured.bare is not None
+                lat = await asyncio.to_thread(measured.bare.latencies_us, sync_n // 10)
+                measured.bare_median_us.append(statistics.median(lat))
+            bare_ratios.append(topo.bare_median_us[-1] / base.bare_median_us[-1])
+        topo.bare_ratio.append(statistics.median(bare_ratios))
     topo.per_s_ratio.append(statistics.median(async_ratios))
     topo.latency_ratio.append(statistics.median(sync_ratios))
 
@@ -160,11 +218,15 @@ async def measure(topologies: list[Topology], rounds: int, per_task: int, sync_n
     for topo in topologies:  # warm up: connections, scripts, slot maps
         await decisions_per_s(topo, 5)
         latencies_us(topo, 50)
+        if topo.bare is not None:
+            topo.bare.latencies_us(50)
     for r in range(rounds):
         for topo in others[r % len(others):] + others[:r % len(others)]:
             await paired(base, topo, per_task, sync_n, first=r % 2 == 0)
             print(f"round {r + 1} {topo.name:22} {topo.per_s_ratio[-1]:5.2f}x decisions/s,"
-                  f" {topo.latency_ratio[-1]:5.2f}x sync latency", file=sys.stderr)
+                  f" {topo.latency_ratio[-1]:5.2f}x sync latency"
+                  + (f" (bare redis-py {topo.bare_ratio[-1]:4.2f}x)" if topo.bare_ratio else ""),
+                  file=sys.stderr)
 
 
 def first_tls_decision(url: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -217,6 +279,11 @@ def rows(topologies: list[Topology]) -> list[dict[str, Any]]:
             "sync_median_us": round(statistics.median(topo.median_us), 1),
             "sync_p99_us": round(statistics.median(topo.p99_us), 1),
             "sync_median_vs_tcp": round(statistics.median(topo.latency_ratio or [1.0]), 2),
+            "bare_sync_median_us": (round(statistics.median(topo.bare_median_us), 1)
+                                    if topo.bare_median_us else None),
+            "bare_sync_median_vs_tcp": (round(statistics.median(topo.bare_ratio), 2)
+                                        if topo.bare_ratio else
+                                        1.0 if topo.bare_median_us else None),
             "evalsha_per_decision_async": round(statistics.median(topo.async_scripts), 3),
             "evalsha_per_decision_sync": round(statistics.median(topo.sync_scripts), 3),
             "other_commands_per_decision_async": round(statistics.median(topo.async_commands), 3),
@@ -230,14 +297,17 @@ def markdown(label: str, result: dict[str, Any]) -> str:
              f"`python benchmarks/bench_topology.py --rounds {result['rounds']}`;"
              f" {result['platform']}, {result['date']}.", "",
              "| topology | decisions/s (50 tasks) | vs TCP | sync median | sync p99 | vs TCP"
+             " | bare redis-py sync median, vs TCP"
              " | EVALSHA per decision (async / sync) | other commands per decision (async / sync) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
         lines.append(
             f"| {row['topology']} | {row['decisions_per_s']:,} | {row['per_s_vs_tcp']:.2f}x"
             f" | {row['sync_median_us']:.1f} µs | {row['sync_p99_us']:.1f} µs"
             f" | {row['sync_median_vs_tcp']:.2f}x"
-            f" | {row['evalsha_per_decision_async']:.2f} / {row['evalsha_per_decision_sync']:.2f}"
+            + (f" | {row['bare_sync_median_us']:.1f} µs, {row['bare_sync_median_vs_tcp']:.2f}x"
+               if row["bare_sync_median_us"] is not None else " | -")
+            + f" | {row['evalsha_per_decision_async']:.2f} / {row['evalsha_per_decision_sync']:.2f}"
             f" | {row['other_commands_per_decision_async']:.2f} / {row['other_commands_per_decision_sync']:.2f} |")
     lines += ["", f"First decisions on TLS with `from_url`'s default timeouts: "
               f"{result['first_tls']}; client-certificate server: {result['client_cert']}.", ""]
@@ -275,6 +345,9 @@ def main() -> None:
             Topology("Sentinel (1+1)", sentinel.url, [sentinel.primary]),
             Topology("Cluster (3 primaries)", cluster.url, cluster.nodes),
         ]
+        topologies[0].bare = BareClient(topologies[0].limiter, [(tcp.host, tcp.port)], False)
+        topologies[3].bare = BareClient(topologies[3].limiter,
+                                        [(n.host, n.port) for n in cluster.nodes], True)
         began = time.monotonic()
 
         async def run() -> None:
