@@ -98,92 +98,204 @@ def bind_gcra(store: MemoryStore, lock: threading.Lock,
     return run
 
 
-@memory_op("ratelimit_sliding_window")
-def sliding_window(
-    store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: int
-) -> list[int]:
-    now = float(now_us)
+Params = tuple[float, float]
+"""A limit's two parameters: its limit and window, or its emission interval and tolerance."""
+
+
+def keep(store: MemoryStore, key: str, value: Any, now_us: int) -> None:
+    """Replace a live key's value and keep its expiry (as ``HSET`` on an existing hash)."""
+    entry = store.entry(key, now_us)
+    if entry is not None:
+        entry[0] = value
+
+
+class Algorithm:
+    """One limit's steps of a rate-limit algorithm, as its ``_<name>.lua`` fragment defines them;
+    :func:`acquire` and ``ratelimit_adjust.adjust`` apply them to every limit of a call as
+    ``_ratelimit.lua`` does. ``s`` is a limit's state, which the steps update in place."""
+
+    def read(self, store: MemoryStore, key: str, params: Params, now_us: int) -> list[float]:
+        """The state of the limit stored at ``key``."""
+        raise NotImplementedError
+
+    def wait(self, s: list[float], params: Params, cost: float, now_us: int) -> float | None:
+        """None when ``cost`` fits now, else the microseconds until it does (-1: never)."""
+        raise NotImplementedError
+
+    def take(self, store: MemoryStore, key: str, params: Params, s: list[float], cost: float,
+             now_us: int) -> None:
+        """Consume an admitted ``cost`` and store it."""
+        raise NotImplementedError
+
+    def hit(self, store: MemoryStore, key: str, params: Params, s: list[float], cost: float,
+            now_us: int) -> None:
+        """Consume ``cost`` whether or not it fits, and store it."""
+        self.take(store, key, params, s, cost, now_us)
+
+    def refund(self, store: MemoryStore, key: str, params: Params, s: list[float], cost: float,
+               now_us: int) -> None:
+        """Give ``cost`` back and store it."""
+        raise NotImplementedError
+
+    def reply(self, s: list[float], params: Params, now_us: int) -> tuple[int, int]:
+        """Remaining and reset_after_us."""
+        raise NotImplementedError
+
+
+def limit_params(args: Sequence[Any], offset: int, count: int) -> list[Params]:
+    """Each limit's parameters, limit i's at ``args[offset + 2i]`` and ``args[offset + 2i + 1]``."""
+    return [(float(args[offset + 2 * i]), float(args[offset + 2 * i + 1])) for i in range(count)]
+
+
+def verdict(alg: Algorithm, limits: list[Params], state: list[list[float]], cost: float,
+            now_us: int) -> tuple[int, float]:
+    """Whether ``cost`` fits every limit now (1 or 0), and the longest wait until it does
+    (-1: never)."""
+    allowed, retry = 1, 0.0
+    for params, s in zip(limits, state, strict=True):
+        wait = alg.wait(s, params, cost, now_us)
+        if wait is not None:
+            allowed = 0
+            if wait < 0:
+                retry = -1
+            elif retry >= 0 and wait > retry:
+                retry = wait
+    return allowed, retry
+
+
+def reply(alg: Algorithm, limits: list[Params], state: list[list[float]], allowed: int,
+          retry: float, now_us: int) -> list[int]:
+    """``[allowed, retry_after_us (-1 = never), remaining_1, reset_after_us_1, ...]``."""
+    out = [allowed, int(retry)]
+    for params, s in zip(limits, state, strict=True):
+        out += alg.reply(s, params, now_us)
+    return out
+
+
+def acquire(alg: Algorithm, store: MemoryStore, keys: Sequence[str], args: Sequence[Any],
+            now_us: int) -> list[int]:
+    """``cost`` (``args[1]``) admitted under every limit or none."""
     cost = float(args[1])
-    state: list[tuple[float, float, float, float]] = []
-    allowed = 1
-    retry = 0
-    for i, key in enumerate(keys):
-        limit = float(args[2 * i + 2])
-        window = float(args[2 * i + 3])
+    limits = limit_params(args, 2, len(keys))
+    state = [alg.read(store, key, params, now_us)
+             for key, params in zip(keys, limits, strict=True)]
+    allowed, retry = verdict(alg, limits, state, cost, now_us)
+    if allowed:
+        for key, params, s in zip(keys, limits, state, strict=True):
+            alg.take(store, key, params, s, cost, now_us)
+    return reply(alg, limits, state, allowed, retry, now_us)
+
+
+class SlidingWindow(Algorithm):
+    """``_sliding_window.lua``: a limit's state is ``[window index, elapsed, current,
+    previous]``, the counts rolled forward to the window ``now`` falls in; the store holds
+    ``(w, c, p)``."""
+
+    def read(self, store: MemoryStore, key: str, params: Params, now_us: int) -> list[float]:
+        now = float(now_us)
+        window = params[1]
         index = float(math.floor(now / window))
         elapsed = now - index * window
         w, c, p = store.get(key, now_us) or (None, 0.0, 0.0)
+        # a request stamped before the stored window is judged at that window's start
         if w is not None and w > index:
             index = w
             elapsed = 0.0
         if w != index:
             p = c if w == index - 1 else 0.0
             c = 0.0
-        state.append((index, elapsed, c, p))
+        return [index, elapsed, c, p]
+
+    def wait(self, s: list[float], params: Params, cost: float, now_us: int) -> float | None:
+        limit, window = params
+        _index, elapsed, c, p = s
         estimate = p * (window - elapsed) / window + c
         if estimate + cost > limit + limit * 1e-12:
-            allowed = 0
             if cost > limit:
                 wait = -1
             elif c + cost <= limit:
                 wait = math.ceil(window - (limit - c - cost) * window / p - elapsed)
             else:
                 wait = math.ceil((window - elapsed) + (window - (limit - cost) * window / c))
-            if wait == 0:
-                wait = 1
-            if wait < 0:
-                retry = -1
-            elif retry >= 0 and wait > retry:
-                retry = wait
-    out = [allowed, retry]
-    for i, key in enumerate(keys):
-        limit = float(args[2 * i + 2])
-        window = float(args[2 * i + 3])
-        index, elapsed, c, p = state[i]
-        if allowed:
-            c = c + cost
-            store.set(key, (index, c, p), _ceil_ms_us(3 * window - elapsed), now_us)
+            return 1 if wait == 0 else wait
+        return None
+
+    def take(self, store: MemoryStore, key: str, params: Params, s: list[float], cost: float,
+             now_us: int) -> None:
+        # the key lives one window longer than the two it describes (late stamped requests)
+        s[2] += cost
+        store.set(key, (s[0], s[2], s[3]), _ceil_ms_us(3 * params[1] - s[1]), now_us)
+
+    def refund(self, store: MemoryStore, key: str, params: Params, s: list[float], cost: float,
+               now_us: int) -> None:
+        # from the current window's count, then from the previous one's, never below 0
+        if s[2] > 0 or s[3] > 0:
+            c = max(s[2] - cost, 0.0)
+            s[3] = max(s[3] - (cost - (s[2] - c)), 0.0)
+            s[2] = c
+            keep(store, key, (s[0], s[2], s[3]), now_us)
+
+    def reply(self, s: list[float], params: Params, now_us: int) -> tuple[int, int]:
+        limit, window = params
+        _index, elapsed, c, p = s
         remaining = math.floor(limit - (p * (window - elapsed) / window + c) + limit * 1e-12)
         reset = 2 * window - elapsed if c > 0 else (window - elapsed if p > 0 else 0.0)
-        out.append(max(remaining, 0))
-        out.append(int(reset))
-    return out
+        return max(remaining, 0), int(reset)
+
+
+class FixedWindow(Algorithm):
+    """``_fixed_window.lua``: a limit's state is ``[window index, count, reset_after_us]``; the
+    store holds ``(w, c)``."""
+
+    def read(self, store: MemoryStore, key: str, params: Params, now_us: int) -> list[float]:
+        now = float(now_us)
+        window = params[1]
+        index = float(math.floor(now / window))
+        w, c = store.get(key, now_us) or (None, 0.0)
+        # a request stamped in an older window than the stored one counts against the newer
+        if w is not None and w > index:
+            index = w
+        if w != index:
+            c = 0.0
+        return [index, c, (index + 1) * window - now]
+
+    def wait(self, s: list[float], params: Params, cost: float, now_us: int) -> float | None:
+        # the rest of the window, never negative: the window's end rounds to no earlier than now
+        limit = params[0]
+        if s[1] + cost > limit:
+            return -1.0 if cost > limit else s[2]
+        return None
+
+    def take(self, store: MemoryStore, key: str, params: Params, s: list[float], cost: float,
+             now_us: int) -> None:
+        # the key lives one window past its own: a request stamped before the boundary that
+        # arrives late still counts against the window it was stamped in
+        s[1] += cost
+        store.set(key, (s[0], s[1]), _ceil_ms_us(s[2] + params[1]), now_us)
+
+    def refund(self, store: MemoryStore, key: str, params: Params, s: list[float], cost: float,
+               now_us: int) -> None:
+        if s[1] > 0:
+            s[1] = max(s[1] - cost, 0.0)
+            keep(store, key, (s[0], s[1]), now_us)
+
+    def reply(self, s: list[float], params: Params, now_us: int) -> tuple[int, int]:
+        return int(max(params[0] - s[1], 0.0)), int(s[2])  # a hit may count past the limit
+
+
+SLIDING_WINDOW = SlidingWindow()
+FIXED_WINDOW = FixedWindow()
+
+
+@memory_op("ratelimit_sliding_window")
+def sliding_window(
+    store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: int
+) -> list[int]:
+    return acquire(SLIDING_WINDOW, store, keys, args, now_us)
 
 
 @memory_op("ratelimit_fixed_window")
 def fixed_window(
     store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: int
 ) -> list[int]:
-    now = float(now_us)
-    cost = float(args[1])
-    state: list[tuple[float, float, float]] = []
-    allowed = 1
-    retry = 0.0
-    for i, key in enumerate(keys):
-        limit = float(args[2 * i + 2])
-        window = float(args[2 * i + 3])
-        index = float(math.floor(now / window))
-        w, c = store.get(key, now_us) or (None, 0.0)
-        if w is not None and w > index:
-            index = w
-        if w != index:
-            c = 0.0
-        reset = (index + 1) * window - now
-        state.append((index, c, reset))
-        if c + cost > limit:
-            allowed = 0
-            if cost > limit:
-                retry = -1.0
-            elif retry >= 0 and reset > retry:
-                retry = reset
-    out = [allowed, int(retry)]
-    for i, key in enumerate(keys):
-        limit = float(args[2 * i + 2])
-        window = float(args[2 * i + 3])
-        index, c, reset = state[i]
-        if allowed:
-            c = c + cost
-            store.set(key, (index, c), _ceil_ms_us(reset + window), now_us)
-        out.append(max(int(limit - c), 0))
-        out.append(int(reset))
-    return out
+    return acquire(FIXED_WINDOW, store, keys, args, now_us)
