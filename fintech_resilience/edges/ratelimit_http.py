@@ -141,7 +141,7 @@ class RateLimitCore:
         """:meth:`check` when every limiter decides in this process (memory) and no audit log
         needs an await: an async edge then decides without a coroutine. Else None."""
         if self._in_process and self.audit is None and _audit.get_default() is None:
-            return self.check(method, path, request)
+            return self._check(method, path, request)
         return None
 
     def plan(self, method: str, path: str,
@@ -179,6 +179,10 @@ class RateLimitCore:
         """Decide (sync): acquire every matching rule in order, stop at the first refusal."""
         if (self.audit is not None or _audit.get_default() is not None) and not _edge.get():
             return self._audited_check(method, path, request)
+        return self._check(method, path, request)
+
+    def _check(self, method: str, path: str, request: Any) -> Verdict:
+        """:meth:`check` once the audit is settled (none, or this edge records refusals)."""
         rule = self._simple
         if rule is not None:
             key = self.key(request)

@@ -158,16 +158,16 @@ class Decision:
         wait = self._raw[1]
         return math.inf if wait < 0 else wait / US
 
-    def _window(self, i: int) -> int:
-        """``t`` of limit ``i``'s ``RateLimit`` item: the whole seconds within which the client
-        can use no more than ``r`` - for GCRA the time until one more unit is available, for the
-        window algorithms the time until the window resets."""
+    def _window(self, i: int, remaining: int) -> int:
+        """``t`` of limit ``i``'s ``RateLimit`` item (``remaining`` its ``r``): the whole seconds
+        within which the client can use no more than ``r`` - for GCRA the time until one more
+        unit is available, for the window algorithms the time until the window resets."""
         wait_us: float = self._raw[2 * i + 3]
         if wait_us > 0 and self._spec.algorithm == "gcra":
             interval, tau = self._spec.parameters[2 * i], self._spec.parameters[2 * i + 1]
             # the next unit arrives when tau - (tat - now) reaches (remaining + 1) intervals;
             # 1 microsecond of tolerance absorbs the reply's rounding to whole microseconds
-            next_us = wait_us - tau + (self._remaining(i) + 1) * interval
+            next_us = wait_us - tau + (remaining + 1) * interval
             if next_us - 1 < wait_us:
                 wait_us = max(next_us - 1, 0)
         return math.ceil(wait_us / US)
@@ -181,7 +181,8 @@ class Decision:
         if not self._raw:
             return None
         i = self._index()
-        return f'"{self._spec.label(i)}";r={self._remaining(i)};t={self._window(i)}'
+        remaining = self._remaining(i)
+        return f'"{self._spec.label(i)}";r={remaining};t={self._window(i, remaining)}'
 
     def headers(self, *, retry_after: bool = True) -> dict[str, str]:
         """The IETF ``RateLimit``/``RateLimit-Policy`` fields (and ``Retry-After`` if refused).
