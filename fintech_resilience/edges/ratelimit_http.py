@@ -193,10 +193,7 @@ class RateLimitCore:
         counted: list[Counted] = []
         for rule, key, cost, limits in self.plan(method, path, request):
             decision = rule.limiter.acquire(key, cost, limits=limits)
-            if rule.count_when is not None:
-                counted.append(Counted(len(decided), rule, key, cost, limits))
-            decided.append((rule, decision))
-            if not decision.allowed:
+            if not _noted(decided, counted, rule, key, cost, limits, decision):
                 break
         return self.verdict(decided, counted) if decided else _PASS
 
@@ -204,15 +201,8 @@ class RateLimitCore:
         """Async twin of :meth:`check` (memory-backed limiters decide without awaiting)."""
         if (self.audit is not None or _audit.get_default() is not None) and not _edge.get():
             return await self._audited_acheck(method, path, request)
-        rule = self._simple
-        if rule is not None:
-            key = self.key(request)
-            if key is None:
-                return _PASS
-            cost: int = rule.cost  # type: ignore[assignment]
-            if rule._sync:
-                return self.verdict([(rule, rule.limiter.acquire(key, cost))])
-            return self.verdict([(rule, await rule.limiter.aacquire(key, cost))])
+        if self._in_process:  # nothing to await
+            return self._check(method, path, request)
         decided: list[tuple[Rule, Decision]] = []
         counted: list[Counted] = []
         for rule, key, cost, limits in self.plan(method, path, request):
@@ -220,10 +210,7 @@ class RateLimitCore:
                 decision = rule.limiter.acquire(key, cost, limits=limits)
             else:
                 decision = await rule.limiter.aacquire(key, cost, limits=limits)
-            if rule.count_when is not None:
-                counted.append(Counted(len(decided), rule, key, cost, limits))
-            decided.append((rule, decision))
-            if not decision.allowed:
+            if not _noted(decided, counted, rule, key, cost, limits, decision):
                 break
         return self.verdict(decided, counted) if decided else _PASS
 
@@ -369,6 +356,16 @@ class RateLimitEdge(Generic[AppT]):
                                   exempt_paths=exempt_paths, exempt=exempt, headers=headers,
                                   headers_on_allowed=headers_on_allowed, shadow=shadow,
                                   audit=audit)
+
+
+def _noted(decided: list[tuple[Rule, Decision]], counted: list[Counted], rule: Rule, key: Any,
+           cost: int, limits: LimitsArg | None, decision: Decision) -> bool:
+    """Add one rule's decision to a request's (and to ``counted`` when the rule counts by
+    outcome); False once refused: later rules are not consumed."""
+    if rule.count_when is not None:
+        counted.append(Counted(len(decided), rule, key, cost, limits))
+    decided.append((rule, decision))
+    return decision.allowed
 
 
 def _fields(decisions: Sequence[Decision]) -> list[tuple[str, str]]:
