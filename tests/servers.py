@@ -58,7 +58,9 @@ __all__ = [
     "free_port",
     "live_servers",
     "redis_server_version",
+    "replicated",
     "tls_files",
+    "wait_replicated",
 ]
 
 LOCALHOST = "127.0.0.1"
@@ -223,6 +225,21 @@ def _pairs(flat: list[Any]) -> dict[str, Any]:
     for key, value in zip(flat[::2], flat[1::2], strict=True):
         out[key.decode()] = value.decode(errors="replace") if isinstance(value, bytes) else value
     return out
+
+
+def replicated(primary: RedisServer, replica: RedisServer) -> bool:
+    """Whether ``replica`` has everything ``primary`` wrote so far (replication offsets match).
+
+    ``WAIT`` cannot say this for writes made on another connection: it counts the replicas that
+    acknowledged the *calling* connection's writes, so on a fresh connection it answers at once.
+    """
+    mine = int(primary.info("replication")["master_repl_offset"])
+    return int(replica.info("replication").get("master_repl_offset", -1)) >= mine
+
+
+def wait_replicated(primary: RedisServer, replica: RedisServer, timeout: float = 10.0) -> None:
+    """Wait until ``replica`` has everything ``primary`` wrote so far."""
+    _wait_until(lambda: replicated(primary, replica), timeout, f"{replica!r} to catch up")
 
 
 def _wait_until(

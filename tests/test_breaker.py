@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from fintech_resilience.backends.base import Arg, Backend
+from fintech_resilience.backends.memory import MemoryBackend
+from fintech_resilience.backends.redis import RedisBackend
 from fintech_resilience.breaker.circuit import (
     BreakerState,
     CircuitBreaker,
@@ -301,6 +303,38 @@ def test_operator_override_is_obeyed_by_other_processes_on_their_next_call(
     clock.advance(1.0)
     assert attempt(worker) == "ran"
     assert worker.known_state is BreakerState.CLOSED
+
+
+DAY = 86_400.0
+
+
+def _expires_in_ms(backend: Backend, key: str, clock: ManualClock) -> int:
+    """The breaker hash's time to live as Redis's PTTL says it (-1: never expires)."""
+    if isinstance(backend, MemoryBackend):
+        ttl_us = backend.store.ttl_us(key, round(clock.time() * 1_000_000))
+        return -1 if ttl_us > 100 * 365 * DAY * 1_000_000 else ttl_us // 1000
+    assert isinstance(backend, RedisBackend)
+    return int(backend.client.pttl(key))
+
+
+@pytest.mark.parametrize("override", ["force_open", "disable", "metrics_only"])
+def test_an_override_never_expires_until_reset(backend: Backend, clock: ManualClock,
+                                               override: str) -> None:
+    """An operator's override holds until reset, also when nobody writes to the breaker for
+    days: its hash has no TTL (the window's state expires after a day; the override must not)."""
+    operator = make(backend, clock)
+    worker = make(backend, clock, refresh_interval=1.0)
+    assert attempt(worker) == "ran"
+    assert _expires_in_ms(backend, operator._keys[0], clock) > 0  # plain state: a TTL
+    state = getattr(operator, override)()
+    for _ in range(3):  # METRICS_ONLY counts these calls: counting keeps it without TTL
+        attempt(worker)
+    assert _expires_in_ms(backend, operator._keys[0], clock) == -1
+    clock.advance(3 * DAY)  # the memory backend's time: days without a write
+    assert operator.state is state
+    assert attempt(worker) == ("rejected" if state is BreakerState.FORCED_OPEN else "ran")
+    assert operator.reset() is BreakerState.CLOSED
+    assert _expires_in_ms(backend, operator._keys[0], clock) > 0
 
 
 def test_disabled_and_metrics_only_let_every_call_through(backend: Backend,

@@ -435,7 +435,7 @@ def test_no_call_runs_through_a_forced_open_breaker_while_its_cluster_primary_fa
         primary = next(n for n in cluster.nodes if n.port == owner.port)
         replica = _add_replica(cluster, primary)
         operator.force_open()
-        assert primary.command("WAIT", 1, 5000) == 1  # the override reached the replica
+        servers.wait_replicated(primary, replica)  # the override reached the replica
         assert one_call(breaker) == "rejected"
         with RealTimeHammer(mode, breaker) as tally:
             primary.kill()

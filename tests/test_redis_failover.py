@@ -272,12 +272,6 @@ def test_sentinel_primary_killed_under_load_from_four_processes(
     assert max(recovered.values()) <= failover[0] + 2.0
 
 
-def _replicated(primary: servers.RedisServer, replica: servers.RedisServer) -> bool:
-    """The replica has everything the primary wrote (replication offsets match)."""
-    mine = int(primary.info("replication")["master_repl_offset"])
-    return int(replica.info("replication").get("master_repl_offset", -1)) >= mine
-
-
 def _charge_until_answered(charge: Any, payment: str, deadline: float) -> Any:
     """Retry as a client would while the store refuses (on_backend_error="deny")."""
     from fintech_resilience import BackendUnavailable
@@ -317,7 +311,7 @@ def test_no_idempotent_double_execution_across_a_failover(
     try:
         assert [charge(p) for p in payments] == [{"charged": p} for p in payments]
         deadline = time.monotonic() + 10
-        while not all(_replicated(p, r) for p, r in pairs):
+        while not all(servers.replicated(p, r) for p, r in pairs):
             assert time.monotonic() < deadline, "the replicas did not catch up"
             time.sleep(0.01)
         if topology == "sentinel":

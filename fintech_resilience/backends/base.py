@@ -11,7 +11,8 @@ Conventions every script follows:
 
 * ``ARGV[1]`` is the current time in integer microseconds, or ``0`` to use the backend's own clock
   (Redis ``TIME``), so hosts with skewed clocks agree and tests can pass a manual clock's time.
-* All keys of one call share one ``{hash tag}`` (Redis Cluster), and every key written gets a TTL.
+* All keys of one call share one ``{hash tag}`` (Redis Cluster), and every key written gets a TTL
+  (but a breaker's hash under an operator's override, which holds until reset).
 * Correctness never depends on a TTL having fired: stale state is recognised from its content.
 """
 

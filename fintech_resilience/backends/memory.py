@@ -51,8 +51,9 @@ class MemoryStore:
         self.refusals = 0
         #: refusing since the last new key went in (logged once per such episode)
         self.full = False
-        #: key -> [value, expires_at_us]; every key has an expiry, as in Redis. Operations bound
-        #: to one key read it directly; everything else goes through the methods below.
+        #: key -> [value, expires_at_us]; every key has an expiry, as in Redis (a breaker
+        #: override's is centuries away). Operations bound to one key read it directly;
+        #: everything else goes through the methods below.
         self.data: OrderedDict[str, list[Any]] = OrderedDict()
 
     def __len__(self) -> int:

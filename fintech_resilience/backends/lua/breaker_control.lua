@@ -3,7 +3,8 @@
 -- ARGV     now_us (0 = TIME), op (0 read, 1 reset, 2 force_open, 3 disable, 4 metrics_only),
 --          ttl_ms
 -- reset forgets everything (window, break growth, probes, override) and closes the breaker;
--- the other commands set an override that holds until reset.
+-- the other commands set an override that holds until reset: a hash with an override has no TTL
+-- (an operator's FORCED_OPEN must not lapse because nobody wrote to the breaker for a day).
 -- Returns {state, gen, retry_after_us, 0, transition_from (-1: none), calls, failures, slow}
 --#include _now.lua
 local key = KEYS[1]
@@ -34,7 +35,7 @@ elseif op >= 2 then
     ov = want
     gen = gen + 1
     redis.call('HSET', key, 'st', st, 'ov', ov, 'gen', gen)
-    redis.call('PEXPIRE', key, ARGV[3])
+    redis.call('PERSIST', key)
   end
 end
 local state = st

@@ -78,8 +78,11 @@ local function transition(to)
   s = 0
   redis.call('DEL', key)
   redis.call('HSET', key, 'st', st, 'gen', gen, 'until', num(untl), 'trips', trips)
-  if ov ~= 0 then redis.call('HSET', key, 'ov', ov) end
-  redis.call('PEXPIRE', key, ARGV[16])
+  if ov ~= 0 then
+    redis.call('HSET', key, 'ov', ov)  -- an override holds until reset: no TTL
+  else
+    redis.call('PEXPIRE', key, ARGV[16])
+  end
 end
 
 if ov == 3 or ov == 4 or tonumber(ARGV[2]) ~= gen then return reply() end
@@ -156,6 +159,6 @@ if ov == 0 and n >= tonumber(ARGV[9]) and (f / n >= frate or s / n >= srate) the
   transition(1)  -- forgets the window: the slot need not be written
 else
   redis.call('HSET', key, 'st', st, 'gen', gen, 'n', n, 'f', f, 's', s, unpack(slot))
-  redis.call('PEXPIRE', key, ARGV[16])
+  if ov == 0 then redis.call('PEXPIRE', key, ARGV[16]) end  -- an override holds until reset
 end
 return reply()

@@ -81,8 +81,17 @@ def _reply(h: dict[str, Any], now: float, granted: int, from_: int, ra: float = 
     return [state, int(h.get("gen", 0)), math.floor(ra + 0.5), granted, from_, *_counts(h)]
 
 
+#: the "TTL" of a hash with an override (FORCED_OPEN, DISABLED, METRICS_ONLY): it holds until
+#: reset, as the scripts' PERSIST (about 3,000 years, in microseconds)
+FOREVER_US = 1 << 56
+
+
+def _ttl_us(h: dict[str, Any], ttl_ms: Any) -> int:
+    return FOREVER_US if h.get("ov") else int(ttl_ms) * 1000
+
+
 def _save(store: MemoryStore, key: str, h: dict[str, Any], ttl_ms: Any, now_us: int) -> None:
-    store.set(key, h, int(ttl_ms) * 1000, now_us)
+    store.set(key, h, _ttl_us(h, ttl_ms), now_us)
 
 
 @memory_op("breaker_acquire")
@@ -282,7 +291,7 @@ def record(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us:
         return _reply(h, now, 1, from_)
     h["st"] = st
     h["gen"] = gen
-    ttl_us = int(args[15]) * 1000
+    ttl_us = _ttl_us(h, args[15])
     if entry is None:
         store.set(key, h, ttl_us, now_us)
     else:
