@@ -18,9 +18,10 @@ c. round trips per decision: Redis ``INFO commandstats`` calls of EVALSHA (and E
    commands clients sent per decision (all calls minus the scripts and the TIME, GET and SET
    the script runs inside: a decision that needs more than its script shows here).
 
-Each round pairs standalone TCP with every other topology in turn (topologies rotated from
-round to round): the asyncio case alternates the two 4 times, the sync case 10 times, in ABBA
-order. The table shows medians over all measurements, and for the ratios to standalone TCP the
+Each topology runs beside standalone TCP alone - its servers are started for its pairing and
+stopped after it, so no other topology's redis-server processes share the cores (as in
+production) - for ``--rounds`` rounds: per round, the asyncio case alternates the two 4 times,
+the sync case 10 times, in ABBA order. The table shows medians over all measurements, and for the ratios to standalone TCP the
 median over rounds of each round's median ratio of adjacent alternations (machine timings drift
 10-30 %: compare only within one run, and adjacent measurements best). Also checked once: the first decision on TLS with ``from_url``'s default
 timeouts is shared (not a local fallback), and a server requiring client certificates accepts
@@ -212,21 +213,40 @@ async def paired(base: Topology, topo: Topology, per_task: int, sync_n: int,
     topo.latency_ratio.append(statistics.median(sync_ratios))
 
 
-async def measure(topologies: list[Topology], rounds: int, per_task: int, sync_n: int) -> None:
-    """Each round pairs standalone TCP with every other topology in turn (see paired)."""
-    base, others = topologies[0], topologies[1:]
-    for topo in topologies:  # warm up: connections, scripts, slot maps
-        await decisions_per_s(topo, 5)
-        latencies_us(topo, 50)
-        if topo.bare is not None:
-            topo.bare.latencies_us(50)
-    for r in range(rounds):
-        for topo in others[r % len(others):] + others[:r % len(others)]:
-            await paired(base, topo, per_task, sync_n, first=r % 2 == 0)
-            print(f"round {r + 1} {topo.name:22} {topo.per_s_ratio[-1]:5.2f}x decisions/s,"
-                  f" {topo.latency_ratio[-1]:5.2f}x sync latency"
-                  + (f" (bare redis-py {topo.bare_ratio[-1]:4.2f}x)" if topo.bare_ratio else ""),
-                  file=sys.stderr)
+Started = tuple[list[Any], Topology]
+
+
+async def measure(base: Topology, makers: list[Callable[[], Started]], rounds: int,
+                  per_task: int, sync_n: int) -> list[Topology]:
+    """Each topology in turn runs beside standalone TCP alone: its servers are started, paired
+    with TCP for ``rounds`` rounds (see paired), and stopped before the next one starts - as
+    in production, no other topology's redis-server processes share the cores."""
+    warm_up(base)
+    measured = [base]
+    for make in makers:
+        started, topo = await asyncio.to_thread(make)
+        try:
+            warm_up(topo)
+            await decisions_per_s(topo, 5)
+            for r in range(rounds):
+                await paired(base, topo, per_task, sync_n, first=r % 2 == 0)
+                print(f"round {r + 1} {topo.name:22} {topo.per_s_ratio[-1]:5.2f}x decisions/s,"
+                      f" {topo.latency_ratio[-1]:5.2f}x sync latency"
+                      + (f" (bare redis-py {topo.bare_ratio[-1]:4.2f}x)" if topo.bare_ratio
+                         else ""), file=sys.stderr)
+        finally:
+            await topo.backend.aclose()
+            for server in reversed(started):
+                server.stop()
+        measured.append(topo)
+    return measured
+
+
+def warm_up(topo: Topology) -> None:
+    """Connections, scripts and slot maps in place before anything is measured."""
+    latencies_us(topo, 50)
+    if topo.bare is not None:
+        topo.bare.latencies_us(50)
 
 
 def first_tls_decision(url: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -331,33 +351,42 @@ def main() -> None:
         started.append(server)
         return server
 
+    def tls_topology() -> Started:
+        server = servers.TlsRedisServer()
+        return [server], Topology("standalone TLS", server.tls_url, [server],
+                                  **server.client_options())
+
+    def sentinel_topology() -> Started:
+        group = servers.SentinelServers()
+        return [group], Topology("Sentinel (1+1)", group.url, [group.primary])
+
+    def cluster_topology() -> Started:
+        cluster = servers.RedisClusterServers(3)
+        topo = Topology("Cluster (3 primaries)", cluster.url, cluster.nodes)
+        topo.bare = BareClient(topo.limiter, [(n.host, n.port) for n in cluster.nodes], True)
+        return [cluster], topo
+
     try:
         tcp = start(servers.RedisServer)
+        # the TLS checks need their servers only for a moment
         tls = start(servers.TlsRedisServer)
         tls_client_cert = start(lambda: servers.TlsRedisServer(auth_clients=True))
-        sentinel = start(servers.SentinelServers)
-        cluster = start(lambda: servers.RedisClusterServers(3))
         first_tls = first_tls_decision(tls.tls_url, tls.client_options())
         client_cert = client_certificate_check(tls_client_cert)
-        topologies = [
-            Topology("standalone TCP", tcp.url, [tcp]),
-            Topology("standalone TLS", tls.tls_url, [tls], **tls.client_options()),
-            Topology("Sentinel (1+1)", sentinel.url, [sentinel.primary]),
-            Topology("Cluster (3 primaries)", cluster.url, cluster.nodes),
-        ]
-        topologies[0].bare = BareClient(topologies[0].limiter, [(tcp.host, tcp.port)], False)
-        topologies[3].bare = BareClient(topologies[3].limiter,
-                                        [(n.host, n.port) for n in cluster.nodes], True)
+        tls.stop()
+        tls_client_cert.stop()
+        base = Topology("standalone TCP", tcp.url, [tcp])
+        base.bare = BareClient(base.limiter, [(tcp.host, tcp.port)], False)
         began = time.monotonic()
 
-        async def run() -> None:
+        async def run() -> list[Topology]:
             try:
-                await measure(topologies, opts.rounds, opts.per_task, opts.sync)
+                return await measure(base, [tls_topology, sentinel_topology, cluster_topology],
+                                     opts.rounds, opts.per_task, opts.sync)
             finally:
-                for topo in topologies:
-                    await topo.backend.aclose()
+                await base.backend.aclose()
 
-        asyncio.run(run())
+        topologies = asyncio.run(run())
         result = {
             "benchmark": "topology", "rounds": opts.rounds,
             "platform": f"{platform.platform()}, Python {platform.python_version()}",
