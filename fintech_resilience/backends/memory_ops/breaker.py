@@ -82,7 +82,7 @@ def _reply(h: dict[str, Any], now: float, granted: int, from_: int, ra: float = 
 
 
 #: the "TTL" of a hash with an override (FORCED_OPEN, DISABLED, METRICS_ONLY): it holds until
-#: reset, as the scripts' PERSIST (about 3,000 years, in microseconds)
+#: reset, as the scripts' PERSIST (over 2,000 years, in microseconds)
 FOREVER_US = 1 << 56
 
 
