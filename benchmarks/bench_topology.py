@@ -1,13 +1,14 @@
 """One rate limiter on every Redis topology, measured in one process and one run.
 
-    python benchmarks/bench_topology.py [--rounds 5] [--json] [--markdown LABEL]
+    python benchmarks/bench_topology.py [--rounds 5] [--pin] [--json] [--markdown LABEL]
 
 The same ``RateLimiter`` (one GCRA limit that never refuses, keys ``k0`` ... ``k999`` spread
 over the slots) decides on a standalone Redis over TCP, the same over TLS (``rediss://`` with a
 CA and a server certificate generated for the run), a Sentinel group (1 primary + 1 replica)
 and a 3-primary Cluster. Per topology:
 
-a. decisions/s of 50 asyncio tasks, each deciding in a loop;
+a. decisions/s of 50 asyncio tasks, each deciding in a loop, and the client's CPU time per
+   decision (this process, every thread): what the library spends, apart from the servers;
 b. sync decision latency from one thread (median and p99 of single decisions);
    Beside it, for standalone TCP and the Cluster, the same decisions as bare redis-py EVALSHAs
    of the very script, keys sent to their primary over one plain ``redis.Redis`` connection per
@@ -28,6 +29,8 @@ timeouts is shared (not a local fallback), and a server requiring client certifi
 the backend's connections (sync and asyncio).
 
 Servers are private redis-server processes on free loopback ports (``tests/servers.py``).
+``--pin`` runs this process on CPU 0 and every server on the other CPUs (see
+``pin_servers_apart``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -69,6 +73,10 @@ class Topology:
         self.limiter = RateLimiter(LIMIT, backend=self.backend, name="topo",
                                    on_backend_error="raise")
         self.per_s: list[float] = []
+        #: client CPU (this process, every thread) per decision of the asyncio case, and its
+        #: ratio to standalone TCP's: what the library itself spends, wherever the servers run
+        self.cpu_us: list[float] = []
+        self.cpu_ratio: list[float] = []
         self.median_us: list[float] = []
         #: this topology / standalone TCP, measured one after the other
         self.per_s_ratio: list[float] = []
@@ -140,7 +148,8 @@ class BareClient:
         return out
 
 
-async def decisions_per_s(topo: Topology, per_task: int) -> float:
+async def decisions_per_s(topo: Topology, per_task: int) -> tuple[float, float]:
+    """Decisions per second of ``TASKS`` tasks, and the client CPU per decision (us)."""
     limiter = topo.limiter
     counter = iter(range(10**9))
 
@@ -148,9 +157,11 @@ async def decisions_per_s(topo: Topology, per_task: int) -> float:
         for _ in range(per_task):
             await limiter.aacquire(KEYS[next(counter) % len(KEYS)])
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(task() for _ in range(TASKS)))
-    return TASKS * per_task / (time.perf_counter() - start)
+    decisions = TASKS * per_task
+    return (decisions / (time.perf_counter() - start),
+            (time.process_time() - cpu) * 1e6 / decisions)
 
 
 def latencies_us(topo: Topology, n: int) -> list[float]:
@@ -174,18 +185,21 @@ async def paired(base: Topology, topo: Topology, per_task: int, sync_n: int,
     """One round of ``topo`` against standalone TCP: the asyncio case in 4 alternations and
     the sync case in 10, in ABBA order, so drift of the machine hits both alike; the round's
     ratio is the median of the alternations' ratios."""
-    async_ratios, sync_ratios = [], []
+    async_ratios, cpu_ratios, sync_ratios = [], [], []
     for i in range(4):
         order = (base, topo) if (i % 2 == 0) == first else (topo, base)
         got = {}
         for measured in order:
             measured.reset_stats()
-            got[measured.name] = await decisions_per_s(measured, per_task // 4)
+            per_s, cpu_us = await decisions_per_s(measured, per_task // 4)
             scripts, other = measured.counted()
             measured.async_scripts.append(scripts / (TASKS * (per_task // 4)))
             measured.async_commands.append(other / (TASKS * (per_task // 4)))
-            measured.per_s.append(got[measured.name])
-        async_ratios.append(got[topo.name] / got[base.name])
+            measured.per_s.append(per_s)
+            measured.cpu_us.append(cpu_us)
+            got[measured.name] = (per_s, cpu_us)
+        async_ratios.append(got[topo.name][0] / got[base.name][0])
+        cpu_ratios.append(got[topo.name][1] / got[base.name][1])
     for i in range(10):
         order = (base, topo) if (i % 2 == 0) == first else (topo, base)
         got = {}
@@ -210,6 +224,7 @@ async def paired(base: Topology, topo: Topology, per_task: int, sync_n: int,
             bare_ratios.append(topo.bare_median_us[-1] / base.bare_median_us[-1])
         topo.bare_ratio.append(statistics.median(bare_ratios))
     topo.per_s_ratio.append(statistics.median(async_ratios))
+    topo.cpu_ratio.append(statistics.median(cpu_ratios))
     topo.latency_ratio.append(statistics.median(sync_ratios))
 
 
@@ -230,7 +245,8 @@ async def measure(base: Topology, makers: list[Callable[[], Started]], rounds: i
             await decisions_per_s(topo, 5)
             for r in range(rounds):
                 await paired(base, topo, per_task, sync_n, first=r % 2 == 0)
-                print(f"round {r + 1} {topo.name:22} {topo.per_s_ratio[-1]:5.2f}x decisions/s,"
+                print(f"round {r + 1} {topo.name:22} {topo.per_s_ratio[-1]:5.2f}x decisions/s"
+                      f" ({topo.cpu_ratio[-1]:4.2f}x client CPU per decision),"
                       f" {topo.latency_ratio[-1]:5.2f}x sync latency"
                       + (f" (bare redis-py {topo.bare_ratio[-1]:4.2f}x)" if topo.bare_ratio
                          else ""), file=sys.stderr)
@@ -296,6 +312,8 @@ def rows(topologies: list[Topology]) -> list[dict[str, Any]]:
             "topology": topo.name,
             "decisions_per_s": round(statistics.median(topo.per_s)),
             "per_s_vs_tcp": round(statistics.median(topo.per_s_ratio or [1.0]), 2),
+            "client_cpu_us_per_decision": round(statistics.median(topo.cpu_us), 1),
+            "client_cpu_vs_tcp": round(statistics.median(topo.cpu_ratio or [1.0]), 2),
             "sync_median_us": round(statistics.median(topo.median_us), 1),
             "sync_p99_us": round(statistics.median(topo.p99_us), 1),
             "sync_median_vs_tcp": round(statistics.median(topo.latency_ratio or [1.0]), 2),
@@ -314,15 +332,17 @@ def rows(topologies: list[Topology]) -> list[dict[str, Any]]:
 
 def markdown(label: str, result: dict[str, Any]) -> str:
     lines = [f"### {label}", "",
-             f"`python benchmarks/bench_topology.py --rounds {result['rounds']}`;"
+             f"`python benchmarks/bench_topology.py --rounds {result['rounds']}"
+             f"{' --pin' if result['pinned'] else ''}`;"
              f" {result['platform']}, {result['date']}.", "",
-             "| topology | decisions/s (50 tasks) | vs TCP | sync median | sync p99 | vs TCP"
-             " | bare redis-py sync median, vs TCP"
+             "| topology | decisions/s (50 tasks) | vs TCP | client CPU per decision, vs TCP"
+             " | sync median | sync p99 | vs TCP | bare redis-py sync median, vs TCP"
              " | EVALSHA per decision (async / sync) | other commands per decision (async / sync) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
         lines.append(
             f"| {row['topology']} | {row['decisions_per_s']:,} | {row['per_s_vs_tcp']:.2f}x"
+            f" | {row['client_cpu_us_per_decision']:.1f} µs, {row['client_cpu_vs_tcp']:.2f}x"
             f" | {row['sync_median_us']:.1f} µs | {row['sync_p99_us']:.1f} µs"
             f" | {row['sync_median_vs_tcp']:.2f}x"
             + (f" | {row['bare_sync_median_us']:.1f} µs, {row['bare_sync_median_vs_tcp']:.2f}x"
@@ -334,6 +354,28 @@ def markdown(label: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def pin_servers_apart() -> None:
+    """Put this process on CPU 0 and every redis-server it starts on the other CPUs, so the
+    client and the servers never take each other's CPU (without it, a sync round trip's wait
+    on a small machine is mostly how soon a sleeping CPU wakes, and varies with what else
+    runs). Both topologies of a pair then get the same CPUs for their servers: a Cluster's
+    primaries share them, as they would not on their own hosts."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    client, rest = {cpus[0]}, set(cpus[1:])
+    os.sched_setaffinity(0, client)
+    start = servers.RedisServer.start
+
+    def pinned_start(self: servers.RedisServer, *args: Any, **kwargs: Any) -> Any:
+        out = start(self, *args, **kwargs)
+        if self.pid is not None:
+            os.sched_setaffinity(self.pid, rest)
+        return out
+
+    servers.RedisServer.start = pinned_start  # type: ignore[method-assign]
+
+
 def main() -> None:
     import platform
 
@@ -341,6 +383,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--per-task", type=int, default=200, help="decisions per task, case a")
     parser.add_argument("--sync", type=int, default=3000, help="sync decisions per round, case b")
+    parser.add_argument("--pin", action="store_true",
+                        help="run this process on CPU 0 and every redis-server on the others")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--markdown", metavar="LABEL", help="print a markdown section")
     opts = parser.parse_args()
@@ -350,6 +394,9 @@ def main() -> None:
         server = make()
         started.append(server)
         return server
+
+    if opts.pin:
+        pin_servers_apart()
 
     def tls_topology() -> Started:
         server = servers.TlsRedisServer()
@@ -392,6 +439,7 @@ def main() -> None:
             "platform": f"{platform.platform()}, Python {platform.python_version()}",
             "date": time.strftime("%Y-%m-%d"), "seconds": round(time.monotonic() - began),
             "rows": rows(topologies), "first_tls": first_tls, "client_cert": client_cert,
+            "pinned": opts.pin,
         }
     finally:
         for server in reversed(started):
