@@ -191,7 +191,9 @@ def check_failover(records: list[Record], errors: list[str], dead_keys: set[str]
     assert len(records) > 2000, len(records)
     figures: dict[str, float] = {}
     for key in sorted({r[1] for r in records}):
-        mine = sorted(r for r in records if r[1] == key)
+        # by time alone: two processes can stamp the same instant, and the fallbacks (None,
+        # "local") do not compare
+        mine = sorted((r for r in records if r[1] == key), key=lambda r: r[0])
         admitted = [t for t, _, ok, _ in mine if ok]
         local = [t for t, _, _, fallback in mine if fallback is not None]
         if key not in dead_keys:
