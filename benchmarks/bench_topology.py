@@ -236,13 +236,12 @@ async def measure(base: Topology, makers: list[Callable[[], Started]], rounds: i
     """Each topology in turn runs beside standalone TCP alone: its servers are started, paired
     with TCP for ``rounds`` rounds (see paired), and stopped before the next one starts - as
     in production, no other topology's redis-server processes share the cores."""
-    warm_up(base)
+    await warm_up(base)
     measured = [base]
     for make in makers:
         started, topo = await asyncio.to_thread(make)
         try:
-            warm_up(topo)
-            await decisions_per_s(topo, 5)
+            await warm_up(topo)
             for r in range(rounds):
                 await paired(base, topo, per_task, sync_n, first=r % 2 == 0)
                 print(f"round {r + 1} {topo.name:22} {topo.per_s_ratio[-1]:5.2f}x decisions/s"
@@ -258,8 +257,9 @@ async def measure(base: Topology, makers: list[Callable[[], Started]], rounds: i
     return measured
 
 
-def warm_up(topo: Topology) -> None:
+async def warm_up(topo: Topology) -> None:
     """Connections, scripts and slot maps in place before anything is measured."""
+    await decisions_per_s(topo, 5)
     latencies_us(topo, 50)
     if topo.bare is not None:
         topo.bare.latencies_us(50)
