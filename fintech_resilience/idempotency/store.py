@@ -387,18 +387,32 @@ class IdempotencyStore:
         return self._cas_result("release", claim, raw)
 
     def renew(self, claim: Claim) -> bool:
-        """Extend the lease by ``lease`` seconds; False once it was lost."""
+        """Extend the lease by ``lease`` seconds; False once it was lost.
+
+        Raises :class:`~fintech_resilience.BackendUnavailable` when the backend did not answer,
+        whatever ``on_backend_error`` says: that tells nothing about the lease, which may well
+        be alive, so ask again (the background renewers do, on their next tick) rather than give
+        it up while the handler still runs."""
         if claim.fallback:
             return True
-        return self._cas_result("renew", claim, self._guard.run(
+        return self._renewed(claim, self._guard.run(
             "idempotency_renew", [claim.record_key], (self._now(), claim.owner, self._lease_us)))
 
     async def arenew(self, claim: Claim) -> bool:
         """Async twin of :meth:`renew`."""
         if claim.fallback:
             return True
-        return self._cas_result("renew", claim, await self._guard.arun(
+        return self._renewed(claim, await self._guard.arun(
             "idempotency_renew", [claim.record_key], (self._now(), claim.owner, self._lease_us)))
+
+    def _renewed(self, claim: Claim, raw: Any) -> bool:
+        if isinstance(raw, Fallback):  # "deny" or "allow" answered for a backend that failed
+            self.audit("renew_failed", claim.key_hash, claim.fencing_token,
+                       level=logging.WARNING)
+            raise BackendUnavailable(
+                f"idempotency store {self.name!r}: the lease was not renewed (backend"
+                " unavailable); it may still be alive - renew again")
+        return self._cas_result("renew", claim, raw)
 
     def forget(self, record_key: str) -> bool:
         """Operator action: free a record whatever its state (e.g. after resolving an "outcome
