@@ -22,9 +22,11 @@ def _ceil_ms_us(us: float) -> int:
 
 
 def gcra_limit(store: MemoryStore, key: str, now_us: int, cost: float, interval: float,
-               tau: float, admit: bool = True) -> list[int]:
-    """One GCRA limit: ``[allowed, retry_after_us, remaining, reset_after_us]``, the TAT
-    advanced if the cost conforms and ``admit`` is true (false only checks).
+               tau: float) -> list[int]:
+    """One GCRA limit decided: ``[allowed, retry_after_us, remaining, reset_after_us]``, the TAT
+    advanced if the cost conforms - :class:`Gcra`'s read, wait, take and reply in one step, for
+    the one-limit decision a limiter makes on every call (several limits go through
+    :func:`acquire`).
 
     A key lives until 1 s past its TAT, in whole milliseconds (as the script's ``PX``), so an
     expired entry's TAT is behind ``now`` and reads as no state.
@@ -42,34 +44,22 @@ def gcra_limit(store: MemoryStore, key: str, now_us: int, cost: float, interval:
             allowed, retry = 0, floor(wait + 0.5)
         else:
             allowed, retry = 1, 0
-            if admit:
-                tat += increment
-                ttl = (ceil((tat - now) / 1000) + 1000) * 1000
-                if entry is None:
-                    store.set(key, tat, ttl, now_us)
-                else:
-                    entry[0] = tat
-                    entry[1] = now_us + ttl
+            tat += increment
+            ttl = (ceil((tat - now) / 1000) + 1000) * 1000
+            if entry is None:
+                store.set(key, tat, ttl, now_us)
+            else:
+                entry[0] = tat
+                entry[1] = now_us + ttl
     remaining = floor((tau - (tat - now)) / interval + 1e-6)
     return [allowed, retry, remaining if remaining > 0 else 0, floor(tat - now + 0.5)]
 
 
 @memory_op("ratelimit_gcra")
 def gcra(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: int) -> list[int]:
-    cost = float(args[1])
     if len(keys) == 1:
-        return gcra_limit(store, keys[0], now_us, cost, float(args[2]), float(args[3]))
-    # several limits, all or nothing: check every one, then admit at each if all conform
-    limits = [(key, float(args[2 * i + 2]), float(args[2 * i + 3])) for i, key in enumerate(keys)]
-    replies = [gcra_limit(store, key, now_us, cost, t, tau, admit=False) for key, t, tau in limits]
-    allowed = all(reply[0] for reply in replies)
-    if allowed:
-        replies = [gcra_limit(store, key, now_us, cost, t, tau) for key, t, tau in limits]
-    waits = [reply[1] for reply in replies]
-    out = [int(allowed), -1 if -1 in waits else max(waits)]
-    for reply in replies:
-        out += reply[2:]
-    return out
+        return gcra_limit(store, keys[0], now_us, float(args[1]), float(args[2]), float(args[3]))
+    return acquire(GCRA, store, keys, args, now_us)  # several limits: all or nothing
 
 
 @memory_binder("ratelimit_gcra")
@@ -283,6 +273,61 @@ class FixedWindow(Algorithm):
         return int(max(params[0] - s[1], 0.0)), int(s[2])  # a hit may count past the limit
 
 
+class Gcra(Algorithm):
+    """``_gcra.lua``: a limit's state is ``[tat]``, its theoretical arrival time no earlier
+    than now; the store holds the TAT. :func:`gcra_limit` is these steps for one limit."""
+
+    def read(self, store: MemoryStore, key: str, params: Params, now_us: int) -> list[float]:
+        now = float(now_us)
+        entry = store.data.get(key)  # an expired entry's TAT is behind now: no state
+        return [now if entry is None or entry[0] < now else entry[0]]
+
+    def wait(self, s: list[float], params: Params, cost: float, now_us: int) -> float | None:
+        # rounded to the nearest microsecond (rounding never reorders two limits' waits)
+        interval, tau = params
+        increment = interval * cost
+        if increment > tau:
+            return -1
+        # 1 microsecond of tolerance absorbs the rounding of fractional emission intervals
+        wait = (s[0] - float(now_us)) + increment - tau
+        return floor(wait + 0.5) if wait >= 1.0 else None
+
+    def take(self, store: MemoryStore, key: str, params: Params, s: list[float], cost: float,
+             now_us: int) -> None:
+        s[0] += params[0] * cost
+        _set_tat(store, key, s[0], now_us)
+
+    def hit(self, store: MemoryStore, key: str, params: Params, s: list[float], cost: float,
+            now_us: int) -> None:
+        # the debt is capped at twice the tolerance
+        interval, tau = params
+        s[0] = min(s[0] + interval * cost, float(now_us) + 2 * tau)
+        _set_tat(store, key, s[0], now_us)
+
+    def refund(self, store: MemoryStore, key: str, params: Params, s: list[float], cost: float,
+               now_us: int) -> None:
+        now = float(now_us)
+        tat = s[0] - params[0] * cost
+        if tat > now:
+            _set_tat(store, key, tat, now_us)
+        else:
+            tat = now
+            store.delete(key)
+        s[0] = tat
+
+    def reply(self, s: list[float], params: Params, now_us: int) -> tuple[int, int]:
+        interval, tau = params
+        now = float(now_us)
+        remaining = floor((tau - (s[0] - now)) / interval + 1e-6)
+        return (remaining if remaining > 0 else 0), floor(s[0] - now + 0.5)
+
+
+def _set_tat(store: MemoryStore, key: str, tat: float, now_us: int) -> None:
+    """Store a TAT; the key lives 1 s past it, in whole milliseconds (the script's ``PX``)."""
+    store.set(key, tat, (ceil((tat - float(now_us)) / 1000) + 1000) * 1000, now_us)
+
+
+GCRA = Gcra()
 SLIDING_WINDOW = SlidingWindow()
 FIXED_WINDOW = FixedWindow()
 

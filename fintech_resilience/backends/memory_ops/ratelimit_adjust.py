@@ -10,16 +10,15 @@ reset_after_us_1, ...]`` like the acquire operations, with each algorithm's step
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import memory_op
 from .ratelimit import (
     FIXED_WINDOW,
+    GCRA,
     SLIDING_WINDOW,
     Algorithm,
-    Params,
     limit_params,
     reply,
     verdict,
@@ -49,62 +48,10 @@ def adjust(alg: Algorithm, store: MemoryStore, keys: Sequence[str], args: Sequen
     return reply(alg, limits, state, allowed, retry, now_us)
 
 
-class _Gcra(Algorithm):
-    """``_gcra.lua`` for peek, hit and refund (admission is ``ratelimit.gcra``): a limit's state
-    is ``[tat]``, its theoretical arrival time no earlier than now; the store holds the TAT."""
-
-    def read(self, store: MemoryStore, key: str, params: Params, now_us: int) -> list[float]:
-        now = float(now_us)
-        entry = store.data.get(key)  # an expired entry's TAT is behind now: no state
-        return [now if entry is None or entry[0] < now else entry[0]]
-
-    def wait(self, s: list[float], params: Params, cost: float, now_us: int) -> float | None:
-        # rounded to the nearest microsecond (rounding never reorders two limits' waits)
-        interval, tau = params
-        increment = interval * cost
-        if increment > tau:
-            return -1
-        # 1 microsecond of tolerance absorbs the rounding of fractional emission intervals
-        wait = (s[0] - float(now_us)) + increment - tau
-        return math.floor(wait + 0.5) if wait >= 1.0 else None
-
-    def hit(self, store: MemoryStore, key: str, params: Params, s: list[float], cost: float,
-            now_us: int) -> None:
-        # the debt is capped at twice the tolerance
-        interval, tau = params
-        now = float(now_us)
-        s[0] = min(s[0] + interval * cost, now + 2 * tau)
-        _set_tat(store, key, s[0], now, now_us)
-
-    def refund(self, store: MemoryStore, key: str, params: Params, s: list[float], cost: float,
-               now_us: int) -> None:
-        now = float(now_us)
-        tat = s[0] - params[0] * cost
-        if tat > now:
-            _set_tat(store, key, tat, now, now_us)
-        else:
-            tat = now
-            store.delete(key)
-        s[0] = tat
-
-    def reply(self, s: list[float], params: Params, now_us: int) -> tuple[int, int]:
-        interval, tau = params
-        now = float(now_us)
-        remaining = math.floor((tau - (s[0] - now)) / interval + 1e-6)
-        return (remaining if remaining > 0 else 0), math.floor(s[0] - now + 0.5)
-
-
-def _set_tat(store: MemoryStore, key: str, tat: float, now: float, now_us: int) -> None:
-    store.set(key, tat, (math.ceil((tat - now) / 1000) + 1000) * 1000, now_us)
-
-
-_GCRA = _Gcra()
-
-
 @memory_op("ratelimit_gcra_adjust")
 def gcra_adjust(store: MemoryStore, keys: Sequence[str], args: Sequence[Any],
                 now_us: int) -> list[int]:
-    return adjust(_GCRA, store, keys, args, now_us)
+    return adjust(GCRA, store, keys, args, now_us)
 
 
 @memory_op("ratelimit_fixed_window_adjust")
