@@ -81,9 +81,10 @@ FAULTS = [
     # the completion write (and its WAIT) times out / is refused
     Fault("primary-paused", "primary", "pause", 0.2, 1, 0.1, "deny", "complete_failed"),
     Fault("primary-killed", "primary", "kill", 0.2, 1, 0.1, "deny", "complete_failed"),
-    # the write succeeds, but WAIT blocks past the socket timeout (wait_timeout > timeout)
-    Fault("replica-paused-wait-past-timeout", "replica", "pause", 0.2, 1, 0.5, "deny",
-          "complete_failed"),
+    # WAIT takes longer than a command may (wait_timeout > timeout): the reply is awaited
+    # that much longer, and the completion is stored with fewer replicas than asked
+    Fault("replica-paused-wait-longer-than-timeout", "replica", "pause", 0.2, 1, 0.5, "deny",
+          "replication_timeout"),
     # WAIT returns in time with fewer replicas than asked
     Fault("replica-paused-wait-short", "replica", "pause", 2.0, 1, 0.2, "deny",
           "replication_timeout"),
@@ -291,3 +292,36 @@ def test_the_django_middleware_sends_the_handlers_answer(
 
         check_no_second_run(scenario, duplicate)
     _DJANGO_SCENARIO.clear()
+
+
+def test_a_paused_replica_never_counts_against_the_primary_under_default_timeouts(
+        replicated: Replicated, caplog: pytest.LogCaptureFixture) -> None:
+    """from_url's 50 ms command timeout and the store's 0.1 s wait_timeout: each WAIT on a
+    paused replica answers after 0.1 s (or a timer tick later) with 0 replicas. Every charge is
+    stored (audited replication_timeout) and replayed to its duplicate. Before, each WAIT timed
+    out on the socket (complete_failed, a failure of the primary), and on this fresh server the
+    completion script's NOSCRIPT retry was never sent: the duplicate got in_progress."""
+    backend = fr.RedisBackend.from_url(replicated.primary.url)
+    store = IdempotencyStore(backend, secret=SECRET, wait_replicas=1, check_eviction=False,
+                             on_backend_error="deny")
+    runs: list[str] = []
+
+    @fr.idempotent(store, key=lambda event: event["id"], global_scope=True)
+    def charge(event: dict[str, Any]) -> dict[str, Any]:
+        runs.append(event["id"])
+        return {"charge": f"ch_{event['id']}"}
+
+    replicated.replica.pause()
+    try:
+        with caplog.at_level(logging.INFO, logger="fintech_resilience.audit"):
+            for i in range(5):
+                assert charge({"id": f"evt_{i}"}) == {"charge": f"ch_evt_{i}"}
+            assert charge({"id": "evt_0"}) == {"charge": "ch_evt_0"}  # replayed from Redis
+    finally:
+        replicated.replica.resume()
+        backend.close()
+    seen = outcomes(caplog)
+    assert runs == [f"evt_{i}" for i in range(5)]
+    assert seen.count("replication_timeout") == 5, seen
+    assert "complete_failed" not in seen and "unavailable" not in seen, seen
+    assert seen.count("replayed") == 1, seen

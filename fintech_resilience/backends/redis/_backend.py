@@ -29,8 +29,8 @@ from ._lane import Lane
 from ._loops import LoopState, suppress_errors, when_closed
 from ._resp import Commands, error_code
 from ._scripts import script
-from ._settings import Settings
-from ._threads import ThreadConnections
+from ._settings import Settings, read_timeout
+from ._threads import ThreadConnections, read_reply
 from ._topology import ClusterTopology, Node, SentinelTopology, Standalone, Topology
 
 __all__ = ["RedisBackend"]
@@ -45,6 +45,10 @@ _REDIRECTS = 5
 _STALE = ("READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "LOADING")
 
 Steps = Generator[tuple[Node, list[bytes]], list[Any], Any]
+
+
+#: how late Redis may end a blocked command's timeout (one tick of its default ``hz 10``)
+_WAIT_SLACK = 0.1
 
 
 class RedisBackend(Backend):
@@ -339,14 +343,27 @@ class RedisBackend(Backend):
         if self.topology == "cluster":
             client = client.get_node_from_key(keys[0]).redis_connection
         wait_ms = max(1, round(timeout * 1000))
+        pool = client.connection_pool
         try:
-            for command in (("EVALSHA", sha), ("EVAL", source)):
-                pipe = client.pipeline(transaction=False)
-                pipe.execute_command(*command, len(keys), *keys, *args)
-                pipe.execute_command("WAIT", replicas, wait_ms)
-                raw, acked = pipe.execute(raise_on_error=False)
-                if not isinstance(raw, rex.NoScriptError):
-                    break
+            conn = pool.get_connection()
+            try:
+                # WAIT answers after its own timeout, which Redis ends on its next timer tick
+                # (up to 1/hz = 100 ms late by default): the replies may take that much longer
+                # than a command, and a slow replica is no failing primary
+                conn.connect()  # a pooled connection may not be connected yet
+                read_timeout(conn, self.settings.timeout + wait_ms / 1000 + _WAIT_SLACK)
+                for command in (("EVALSHA", sha), ("EVAL", source)):
+                    conn.send_packed_command(conn.pack_commands(
+                        [(*command, len(keys), *keys, *args), ("WAIT", replicas, wait_ms)]))
+                    raw, acked = read_reply(conn), read_reply(conn)
+                    if not isinstance(raw, rex.NoScriptError):
+                        break
+                read_timeout(conn, conn.socket_timeout)
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
             for reply in (raw, acked):
                 if isinstance(reply, BaseException):
                     raise reply

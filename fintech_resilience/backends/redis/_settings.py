@@ -147,7 +147,7 @@ class ConnectionSettings:
 
         def set_up(conn: Any) -> None:  # between the handshake and the setup commands
             conn.socket_timeout = timeout
-            _socket_timeout(conn, timeout)
+            read_timeout(conn, timeout)
             conn.on_connect()
 
         setup: Any = set_up  # redis-py calls it with the connection (its annotation says not)
@@ -180,12 +180,14 @@ class ConnectionSettings:
             keepalive_options=tuple(options.items()) if isinstance(options, Mapping) else ())
 
 
-def _socket_timeout(conn: Any, timeout: float) -> None:
+def read_timeout(conn: Any, seconds: float | None) -> None:
+    """How long the connected redis-py ``conn`` waits for a reply from now on (None: for ever);
+    its ``socket_timeout`` setting stays as it was made."""
     update = getattr(conn, "update_current_socket_timeout", None)
     if update is not None:
-        update(-1)  # -1: the connection's own socket_timeout
+        update(seconds)
     else:  # pragma: no cover - redis-py before 6.4
-        conn._sock.settimeout(timeout)
+        conn._sock.settimeout(seconds)
 
 
 def _ssl_context(conn: Any) -> ssl.SSLContext:

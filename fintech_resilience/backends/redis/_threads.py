@@ -72,8 +72,8 @@ class ThreadConnections:
         try:
             conn.send_packed_command((packed,), False)
             if replies == 1:
-                return _read(conn)
-            return [_read(conn) for _ in range(replies)]
+                return read_reply(conn)
+            return [read_reply(conn) for _ in range(replies)]
         except BaseException as exc:
             self._drop(node, refused=is_refusal(exc))
             raise
@@ -125,7 +125,8 @@ class ThreadConnections:
         self._local = threading.local()
 
 
-def _read(conn: Any) -> Any:
+def read_reply(conn: Any) -> Any:
+    """One reply from ``conn``; an error reply is returned as a ``redis.ResponseError``."""
     try:
         return conn.read_response()
     except rex.ResponseError as exc:  # a whole error reply was read: the connection is in step
