@@ -41,10 +41,12 @@ class LimitSpec:
     deny_retry_after: float
     #: the IETF ``RateLimit-Policy`` field: one item per limit, ``"<name>";q=<amount>;w=<s>``
     policy_field: str
+    #: each limit's item name in the HTTP fields: ``("api",)``, or ``("api-0", "api-1")``
+    labels: tuple[str, ...]
 
     def label(self, index: int) -> str:
         """The item name of limit ``index`` in the HTTP fields (``"api"``, or ``"api-1"``)."""
-        return self.name if len(self.rates) == 1 else f"{self.name}-{index}"
+        return self.labels[index]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +148,7 @@ class Decision:
     @property
     def policy_label(self) -> str:
         """The tightest limit's item name in the HTTP fields (``"api"``, or ``"api-1"``)."""
-        return self._spec.label(self._index())
+        return self._spec.labels[self._index()]
 
     @property
     def retry_after(self) -> float:
@@ -158,31 +160,29 @@ class Decision:
         wait = self._raw[1]
         return math.inf if wait < 0 else wait / US
 
-    def _window(self, i: int, remaining: int) -> int:
-        """``t`` of limit ``i``'s ``RateLimit`` item (``remaining`` its ``r``): the whole seconds
-        within which the client can use no more than ``r`` - for GCRA the time until one more
-        unit is available, for the window algorithms the time until the window resets."""
-        wait_us: float = self._raw[2 * i + 3]
-        if wait_us > 0 and self._spec.algorithm == "gcra":
-            interval, tau = self._spec.parameters[2 * i], self._spec.parameters[2 * i + 1]
-            # the next unit arrives when tau - (tat - now) reaches (remaining + 1) intervals;
-            # 1 microsecond of tolerance absorbs the reply's rounding to whole microseconds
-            next_us = wait_us - tau + (remaining + 1) * interval
-            if next_us - 1 < wait_us:
-                wait_us = max(next_us - 1, 0)
-        return math.ceil(wait_us / US)
-
     def ratelimit_field(self) -> str | None:
         """The IETF ``RateLimit`` field: the tightest limit as ``"<policy>";r=<remaining>;t=<s>``.
 
-        None when an ``on_backend_error`` policy decided (nothing was measured: the field is
-        omitted).
+        ``t`` is the whole seconds within which the client can use no more than ``r``: for the
+        window algorithms the time until the window resets, for GCRA the time until one more
+        unit is available. None when an ``on_backend_error`` policy decided (nothing was
+        measured: the field is omitted).
         """
-        if not self._raw:
+        raw = self._raw
+        if not raw:
             return None
+        spec = self._spec
         i = self._index()
-        remaining = self._remaining(i)
-        return f'"{self._spec.label(i)}";r={remaining};t={self._window(i, remaining)}'
+        remaining = int(raw[2 * i + 2])
+        wait_us: float = raw[2 * i + 3]
+        if wait_us > 0 and spec.algorithm == "gcra":
+            # the next unit arrives when tau - (tat - now) reaches (remaining + 1) intervals;
+            # 1 microsecond of tolerance absorbs the reply's rounding to whole microseconds
+            interval, tau = spec.parameters[2 * i], spec.parameters[2 * i + 1]
+            next_us = wait_us - tau + (remaining + 1) * interval - 1
+            if next_us < wait_us:
+                wait_us = next_us if next_us > 0 else 0
+        return f'"{spec.labels[i]}";r={remaining};t={math.ceil(wait_us / US)}'
 
     def headers(self, *, retry_after: bool = True) -> dict[str, str]:
         """The IETF ``RateLimit``/``RateLimit-Policy`` fields (and ``Retry-After`` if refused).

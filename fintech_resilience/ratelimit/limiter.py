@@ -200,8 +200,10 @@ class RateLimiter(Accounting):
         return 0 if self.clock is None else round(self.clock.time() * 1_000_000)
 
     def _args(self, applied: Limits, cost: int) -> tuple[Any, ...]:
-        """The script's arguments: the time (0: the backend's clock), the cost, the limits."""
-        if self.clock is None and cost == 1 and type(cost) is int:
+        """The script's arguments: the time (0: the backend's clock), the cost, the limits.
+        The usual call's (cost 1, the backend's clock) are one tuple per set of limits, whose
+        encoding the Redis transport keeps."""
+        if cost == 1 and type(cost) is int and self.clock is None:
             return applied.usual_args
         return (self._now(), check_cost(cost), *applied.spec.parameters)
 
@@ -209,7 +211,7 @@ class RateLimiter(Accounting):
     def _decide(self, result: Any, spec: LimitSpec, cost: int, key: KeyArg) -> Decision:
         """Turn the backend's reply (or the fallback's) into a decision; telemetry, audit and
         the refusal hook."""
-        if type(result) is list and result[0]:  # admitted by the backend: the usual answer
+        if type(result) is list and result[0]:  # admitted by the backend
             decision = Decision(True, result, spec)
         elif isinstance(result, Fallback):
             decision = Decision(result.allow, (), spec, fallback=self._guard.policy)
@@ -283,22 +285,24 @@ class RateLimiter(Accounting):
         if applied is None or limits is not None:
             applied = self._applied(key, limits)
         keys = applied.known_keys.get(key) or applied.storage_keys(key)  # type: ignore[arg-type]
-        return self._decide(self._run(keys, self._args(applied, cost)), applied.spec, cost, key)
+        result = self._run(keys, self._args(applied, cost))
+        if type(result) is list and result[0] and not telemetry.active():
+            return Decision(True, result, applied.spec)  # admitted: the usual answer
+        return self._decide(result, applied.spec, cost, key)
 
     async def aacquire(self, key: KeyArg, cost: int = 1, limits: LimitsArg | None = None,
                        max_wait: float = 0.0) -> Decision:
         """Async twin of :meth:`acquire` (a wait sleeps with the clock's ``asleep``)."""
         if max_wait:
             return await self._aacquire_waiting(key, cost, limits, max_wait)
+        if not self.backend.can_fail:  # in process: nothing to await
+            return RateLimiter.acquire(self, key, cost, limits)
         applied = self._fixed
         if applied is None or limits is not None:
             applied = self._applied(key, limits)
         keys = applied.known_keys.get(key) or applied.storage_keys(key)  # type: ignore[arg-type]
-        args = self._args(applied, cost)
-        if not self.backend.can_fail:  # in process: nothing to await
-            return self._decide(self._run(keys, args), applied.spec, cost, key)
-        return self._decide(await self._guard.arun(self._script, keys, args), applied.spec, cost,
-                            key)
+        result = await self._guard.arun(self._script, keys, self._args(applied, cost))
+        return self._decide(result, applied.spec, cost, key)
 
     # -- decorator ---------------------------------------------------------------------------------
     def limit(self, key: Callable[..., KeyArg] | KeyArg, cost: Callable[..., int] | int = 1, *,

@@ -50,12 +50,13 @@ def build_spec(name: str, algorithm: str, burst: int | None, rates: tuple[Rate, 
             parameters += [interval, interval * (burst if burst is not None else rate.amount)]
         else:
             parameters += [rate.amount, period_us]
-    labels = [name] if len(rates) == 1 else [f"{name}-{i}" for i in range(len(rates))]
+    labels = (name,) if len(rates) == 1 else tuple(f"{name}-{i}" for i in range(len(rates)))
     return LimitSpec(
         name=name, algorithm=algorithm, rates=rates, parameters=tuple(parameters),
         deny_retry_after=deny_retry_after,
         policy_field=", ".join(f'"{label}";q={rate.amount};w={rate.period}'
-                               for label, rate in zip(labels, rates, strict=True)))
+                               for label, rate in zip(labels, rates, strict=True)),
+        labels=labels)
 
 
 class Limits:

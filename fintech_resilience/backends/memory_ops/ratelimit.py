@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from . import memory_binder, memory_op
 
 if TYPE_CHECKING:
-    from ..base import Arg, BoundOp
+    from ..base import BoundOp
     from ..memory import MemoryStore
 
 
@@ -21,69 +21,60 @@ def _ceil_ms_us(us: float) -> int:
     return math.ceil(us / 1000) * 1000
 
 
-def gcra_limit(store: MemoryStore, key: str, now_us: int, cost: float, interval: float,
-               tau: float) -> list[int]:
-    """One GCRA limit decided: ``[allowed, retry_after_us, remaining, reset_after_us]``, the TAT
-    advanced if the cost conforms - :class:`Gcra`'s read, wait, take and reply in one step, for
-    the one-limit decision a limiter makes on every call (several limits go through
-    :func:`acquire`).
-
-    A key lives until 1 s past its TAT, in whole milliseconds (as the script's ``PX``), so an
-    expired entry's TAT is behind ``now`` and reads as no state.
-    """
-    now = float(now_us)
-    entry = store.data.get(key)
-    tat = now if entry is None or entry[0] < now else entry[0]
-    increment = interval * cost
-    if increment > tau:
-        allowed, retry = 0, -1
-    else:
-        # 1 microsecond of tolerance absorbs the rounding of fractional emission intervals
-        wait = (tat - now) + increment - tau
-        if wait >= 1.0:
-            allowed, retry = 0, floor(wait + 0.5)
-        else:
-            allowed, retry = 1, 0
-            tat += increment
-            ttl = (ceil((tat - now) / 1000) + 1000) * 1000
-            if entry is None:
-                store.set(key, tat, ttl, now_us)
-            else:
-                entry[0] = tat
-                entry[1] = now_us + ttl
-    remaining = floor((tau - (tat - now)) / interval + 1e-6)
-    return [allowed, retry, remaining if remaining > 0 else 0, floor(tat - now + 0.5)]
-
-
 @memory_op("ratelimit_gcra")
 def gcra(store: MemoryStore, keys: Sequence[str], args: Sequence[Any], now_us: int) -> list[int]:
-    if len(keys) == 1:
-        return gcra_limit(store, keys[0], now_us, float(args[1]), float(args[2]), float(args[3]))
-    return acquire(GCRA, store, keys, args, now_us)  # several limits: all or nothing
+    return acquire(GCRA, store, keys, args, now_us)
 
 
 @memory_binder("ratelimit_gcra")
 def bind_gcra(store: MemoryStore, lock: threading.Lock,
               now_us: Callable[[], int] | None) -> BoundOp:
-    """``ratelimit_gcra`` as a limiter runs it on every call: one limit (the usual limiter) goes
-    straight to :func:`gcra_limit`, several to :func:`gcra`.
+    """``ratelimit_gcra`` as a limiter runs it on every call. This is the zero-config default's
+    rate-limit decision, so the usual case - one limit - is :class:`Gcra`'s read, wait, take and
+    reply fused into this one function (the same arithmetic, checked against the steps by
+    ``tests/test_memory_backend.py``); several limits go through :func:`gcra`. The lock's
+    methods are looked up once here (a ``with`` statement looks them up on every call).
 
-    This is the zero-config default's rate-limit decision, so what every call would repeat is
-    done here once: the lock's methods are looked up once (a ``with`` statement looks them up on
-    every call) and real time is read without a call of the backend's own."""
-    acquire, release = lock.acquire, lock.release
+    A key lives until 1 s past its TAT, in whole milliseconds (as the script's ``PX``), so an
+    expired entry's TAT is behind ``now`` and reads as no state.
+    """
+    acquire_lock, release_lock = lock.acquire, lock.release
     time_ns = time.time_ns
+    data = store.data
 
-    def run(keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        now = args[0] or (time_ns() // 1000 if now_us is None else now_us())
+    def run(keys: Sequence[str], args: Sequence[Any]) -> Any:
+        # args: the time (0: the backend's), the cost, then each limit's interval and tau
+        now_at = args[0] or (time_ns() // 1000 if now_us is None else now_us())
         if len(keys) != 1:
             with lock:
-                return gcra(store, keys, args, now)  # type: ignore[arg-type]  # ARGV[1] is int
-        acquire()
+                return gcra(store, keys, args, now_at)
+        key, now = keys[0], float(now_at)
+        increment = args[2] * args[1]
+        tau = args[3]
+        acquire_lock()
         try:
-            return gcra_limit(store, keys[0], now, args[1], args[2], args[3])  # type: ignore[arg-type]
+            entry = data.get(key)
+            tat = now if entry is None or entry[0] < now else entry[0]
+            if increment > tau:
+                allowed, retry = 0, -1
+            else:
+                # 1 microsecond of tolerance absorbs the rounding of fractional intervals
+                wait = (tat - now) + increment - tau
+                if wait >= 1.0:
+                    allowed, retry = 0, floor(wait + 0.5)
+                else:
+                    allowed, retry = 1, 0
+                    tat += increment
+                    ttl = (ceil((tat - now) / 1000) + 1000) * 1000
+                    if entry is None:
+                        store.set(key, tat, ttl, now_at)
+                    else:
+                        entry[0] = tat
+                        entry[1] = now_at + ttl
         finally:
-            release()
+            release_lock()
+        remaining = floor((tau - (tat - now)) / args[2] + 1e-6)
+        return [allowed, retry, remaining if remaining > 0 else 0, floor(tat - now + 0.5)]
 
     return run
 
@@ -275,7 +266,7 @@ class FixedWindow(Algorithm):
 
 class Gcra(Algorithm):
     """``_gcra.lua``: a limit's state is ``[tat]``, its theoretical arrival time no earlier
-    than now; the store holds the TAT. :func:`gcra_limit` is these steps for one limit."""
+    than now; the store holds the TAT. :func:`bind_gcra` fuses these steps for one limit."""
 
     def read(self, store: MemoryStore, key: str, params: Params, now_us: int) -> list[float]:
         now = float(now_us)

@@ -8,7 +8,7 @@ streaming responses, background tasks and contextvars work as without it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 
 from ..asgi_types import ASGIApp, Message, Receive, Scope, Send
 from ..ratelimit_http import RateLimitEdge, Verdict
@@ -105,7 +105,7 @@ class RateLimitMiddleware(RateLimitEdge[ASGIApp]):
                 await core.asettle(verdict, 500)
 
 
-def encode_fields(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+def encode_fields(headers: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """Response fields as ASGI sends them: lower-case latin-1 names, latin-1 values."""
     names = _NAMES
     out = []

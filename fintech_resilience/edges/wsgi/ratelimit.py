@@ -38,7 +38,8 @@ class RateLimitMiddleware(RateLimitEdge["WSGIApplication"]):
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         verdict = self.core.check(environ.get("REQUEST_METHOD", "GET"), path or "/", environ)
         if not verdict.allowed:
-            start_response(f"{verdict.status} {reason_phrase(verdict.status)}", verdict.headers)
+            start_response(f"{verdict.status} {reason_phrase(verdict.status)}",
+                           list(verdict.headers))
             return [verdict.body]
         if verdict.counted:
             return self._count_by_outcome(verdict, environ, start_response)
