@@ -207,6 +207,23 @@ class BackendGuard:
         except BackendUnavailable as exc:
             return self._unanswered(exc, script, keys, args)
 
+    def run_where(self, local: bool, script: str, keys: Sequence[str],
+                  args: Sequence[Arg]) -> Any:
+        """Run where an earlier operation on ``keys`` ran (a claim and then its completion):
+        on :attr:`local` if it ran there, else on the backend alone - never on the fallback,
+        which holds nothing of it. A failing backend raises
+        :class:`~fintech_resilience.BackendUnavailable`, whatever the policy."""
+        if local:
+            return self.local.run(script, keys, args)
+        return self._answered(self.backend.run(script, keys, args))
+
+    async def arun_where(self, local: bool, script: str, keys: Sequence[str],
+                         args: Sequence[Arg]) -> Any:
+        """Async twin of :meth:`run_where`."""
+        if local:
+            return self.local.run(script, keys, args)
+        return self._answered(await self.backend.arun(script, keys, args))
+
     def _answered(self, result: Any) -> Any:
         if self._failing:
             self._recovered()

@@ -22,7 +22,9 @@ class Claim:
 
     ``outcome`` says what to do; ``response`` is the stored response of a replay (decoded and
     decrypted); ``fencing_token`` grows with every claim of the key; ``fallback`` is ``"allow"``
-    when the backend failed and ``on_backend_error="allow"`` let the call run unprotected.
+    when the backend failed and ``on_backend_error="allow"`` let the call run unprotected;
+    ``local`` is true for a claim made on the per-process records of ``"local"`` (it is
+    completed, renewed and released there, and a claim made on the backend never is).
     """
 
     outcome: ClaimOutcome
@@ -34,6 +36,7 @@ class Claim:
     response: StoredResponse | None = None
     fallback: str | None = None
     lease_lost: bool = False
+    local: bool = False
 
     @property
     def key_hash(self) -> str:

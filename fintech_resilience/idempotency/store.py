@@ -24,15 +24,16 @@ Inside a handler, :func:`current_idempotency` gives the fencing token and a down
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final, ParamSpec, TypeVar
 
 from ..audit import log as _audit
-from ..backends.base import ALLOW, BackendGuard, Fallback, OnBackendError
+from ..backends.base import ALLOW, BackendGuard, Fallback, LocalReply, OnBackendError
 from ..backends.resolve import BackendSpec, resolve_backend
 from ..core import storage_keys as _keys
 from ..core import telemetry
@@ -105,7 +106,8 @@ class IdempotencyStore:
         :class:`~fintech_resilience.crypto.AesGcmCipher`).
     :param on_backend_error: ``"deny"`` (default: refuse - 503 / BackendUnavailable), ``"raise"``
         (the same for this pattern), ``"allow"`` (run unprotected) or ``"local"`` (per-process
-        records: duplicates on other workers are not caught).
+        records: duplicates on other workers are not caught). A claim made on the backend is
+        completed, renewed and released there only, whatever the policy.
     :param reclaim_expired: let a duplicate take over an expired lease (with a higher fencing
         token) instead of answering "outcome unknown".
     :param renew: renew the lease in the background while the handler runs (default True).
@@ -192,8 +194,7 @@ class IdempotencyStore:
             raise ConfigurationError(f"an idempotency key is a str, bytes or int; got {key!r}")
         mac = self._mac.parts(b"record", str(scope) if isinstance(scope, int) else scope, method,
                               route, str(key) if isinstance(key, int) else key)
-        # the first 128 bits of the HMAC name the record (as a BLAKE2b-128 digest names a
-        # limiter's key: same prefix, same length); hashing the MAC again would add nothing
+        # the HMAC's first 128 bits name the record (as BLAKE2b-128 names a limiter's key)
         return self._record_prefix + mac[:16].hex() + "}"
 
     def fingerprint(self, *parts: bytes | str) -> str:
@@ -234,7 +235,7 @@ class IdempotencyStore:
             response = decode_response(reply.stored, cipher=self.cipher,
                                        associated_data=record_key.encode())
         claim = Claim(reply.outcome, record_key, owner, reply.fencing_token, reply.reclaimed,
-                      reply.retry_after, response)
+                      reply.retry_after, response, local=type(raw) is LocalReply)
         if self._observed():
             self.audit(claim.outcome.value, claim.key_hash, claim.fencing_token,
                        reclaimed=claim.reclaimed)
@@ -310,9 +311,6 @@ class IdempotencyStore:
             self.audit(f"{op}_failed", claim.key_hash, claim.fencing_token, level=logging.ERROR,
                        error=str(raw))
             return False
-        if isinstance(raw, Fallback):
-            self.audit(f"{op}_failed", claim.key_hash, claim.fencing_token, level=logging.ERROR)
-            return False
         result = parse_complete(raw)
         if result is CompleteReply.OK:
             if op != "renew" and self._observed():
@@ -340,8 +338,9 @@ class IdempotencyStore:
             return False
         args = self._complete_args(claim, response)
         try:
-            raw = (self._complete_and_wait(claim, args) if self.wait_replicas else
-                   self._guard.run("idempotency_complete", [claim.record_key], args))
+            raw = (self._complete_and_wait(claim, args) if self.wait_replicas and not claim.local
+                   else self._guard.run_where(claim.local, "idempotency_complete",
+                                              [claim.record_key], args))
         except BackendUnavailable as exc:
             raw = exc
         return self._cas_result("complete", claim, raw)
@@ -354,8 +353,9 @@ class IdempotencyStore:
         args = self._complete_args(claim, response)
         try:
             raw = (await asyncio.to_thread(self._complete_and_wait, claim, args)
-                   if self.wait_replicas else
-                   await self._guard.arun("idempotency_complete", [claim.record_key], args))
+                   if self.wait_replicas and not claim.local else
+                   await self._guard.arun_where(claim.local, "idempotency_complete",
+                                                [claim.record_key], args))
         except BackendUnavailable as exc:
             raw = exc
         return self._cas_result("complete", claim, raw)
@@ -369,8 +369,8 @@ class IdempotencyStore:
         if claim.fallback:
             return False
         try:
-            raw = self._guard.run("idempotency_release", [claim.record_key],
-                                  (self._now(), claim.owner, 0))
+            raw = self._guard.run_where(claim.local, "idempotency_release", [claim.record_key],
+                                        (self._now(), claim.owner, 0))
         except BackendUnavailable as exc:
             raw = exc
         return self._cas_result("release", claim, raw)
@@ -380,8 +380,8 @@ class IdempotencyStore:
         if claim.fallback:
             return False
         try:
-            raw = await self._guard.arun("idempotency_release", [claim.record_key],
-                                         (self._now(), claim.owner, 0))
+            raw = await self._guard.arun_where(claim.local, "idempotency_release",
+                                               [claim.record_key], (self._now(), claim.owner, 0))
         except BackendUnavailable as exc:
             raw = exc
         return self._cas_result("release", claim, raw)
@@ -390,29 +390,35 @@ class IdempotencyStore:
         """Extend the lease by ``lease`` seconds; False once it was lost.
 
         Raises :class:`~fintech_resilience.BackendUnavailable` when the backend did not answer,
-        whatever ``on_backend_error`` says: that tells nothing about the lease, which may well
-        be alive, so ask again (the background renewers do, on their next tick) rather than give
-        it up while the handler still runs."""
+        whatever ``on_backend_error`` says: the lease may well be alive, so ask again (the
+        renewers do, on their next tick) rather than give it up while the handler runs."""
         if claim.fallback:
             return True
-        return self._renewed(claim, self._guard.run(
-            "idempotency_renew", [claim.record_key], (self._now(), claim.owner, self._lease_us)))
+        args = (self._now(), claim.owner, self._lease_us)
+        with self._renewal(claim):
+            raw = self._guard.run_where(claim.local, "idempotency_renew", [claim.record_key], args)
+        return self._cas_result("renew", claim, raw)
 
     async def arenew(self, claim: Claim) -> bool:
         """Async twin of :meth:`renew`."""
         if claim.fallback:
             return True
-        return self._renewed(claim, await self._guard.arun(
-            "idempotency_renew", [claim.record_key], (self._now(), claim.owner, self._lease_us)))
-
-    def _renewed(self, claim: Claim, raw: Any) -> bool:
-        if isinstance(raw, Fallback):  # "deny" or "allow" answered for a backend that failed
-            self.audit("renew_failed", claim.key_hash, claim.fencing_token,
-                       level=logging.WARNING)
-            raise BackendUnavailable(
-                f"idempotency store {self.name!r}: the lease was not renewed (backend"
-                " unavailable); it may still be alive - renew again")
+        args = (self._now(), claim.owner, self._lease_us)
+        with self._renewal(claim):
+            raw = await self._guard.arun_where(claim.local, "idempotency_renew",
+                                               [claim.record_key], args)
         return self._cas_result("renew", claim, raw)
+
+    @contextlib.contextmanager
+    def _renewal(self, claim: Claim) -> Iterator[None]:
+        """A renewal the backend did not answer: audited, raised again (renew again)."""
+        try:
+            yield
+        except BackendUnavailable as exc:
+            self.audit("renew_failed", claim.key_hash, claim.fencing_token,
+                       level=logging.WARNING, error=str(exc))
+            raise BackendUnavailable(f"idempotency store {self.name!r}: the lease was not"
+                                     f" renewed ({exc}); it may still be alive") from exc
 
     def forget(self, record_key: str) -> bool:
         """Operator action: free a record whatever its state (e.g. after resolving an "outcome
