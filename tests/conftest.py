@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 import servers
@@ -17,11 +18,13 @@ pytest_plugins = ["backend_fixtures"]
 # * session-scoped, started lazily on first use: ``redis_server``, ``redis_cluster``
 # * function-scoped views that flush first: ``redis_url``, ``cluster_url``
 # * function-scoped, private to one test (for destructive fault tests): ``fresh_redis``,
-#   ``sentinel``, ``tcp_proxy`` (a factory: ``tcp_proxy(server) -> TcpProxy``)
+#   ``replicated`` (a primary and its replica), ``sentinel``, ``tcp_proxy`` (a factory:
+#   ``tcp_proxy(server) -> TcpProxy``)
 #
 # Without a redis-server binary, ``redis_server``/``redis_url``/``tcp_proxy`` use fakeredis served
 # over TCP, and the fixtures that need real processes (``redis_cluster``, ``cluster_url``,
-# ``fresh_redis``, ``sentinel``) skip with the reason below; that is the only skip allowed.
+# ``fresh_redis``, ``replicated``, ``sentinel``) skip with the reason below; that is the only skip
+# allowed.
 
 FAKEREDIS_FALLBACK = servers.FAKEREDIS_FALLBACK
 
@@ -82,6 +85,30 @@ def fresh_redis() -> Iterator[servers.RedisServer]:
     server = servers.RedisServer()
     yield server
     server.stop()
+
+
+@dataclass
+class Replicated:
+    primary: servers.RedisServer
+    replica: servers.RedisServer
+
+
+@pytest.fixture
+def replicated() -> Iterator[Replicated]:
+    """A primary and a synced replica, owned by this test: pause or kill either."""
+    _require_real_redis()
+    primary = servers.RedisServer(["--repl-diskless-sync-delay", "0"])
+    replica = servers.RedisServer(["--replicaof", primary.host, str(primary.port)])
+    try:
+        # up on both sides: the primary counts the replica (ROLE, WAIT) once it is online
+        servers._wait_until(
+            lambda: replica.info("replication").get("master_link_status") == "up"
+            and "state=online" in primary.info("replication").get("slave0", ""), 15.0,
+            "the replica to sync")
+        yield Replicated(primary, replica)
+    finally:
+        replica.stop()
+        primary.stop()
 
 
 @pytest.fixture

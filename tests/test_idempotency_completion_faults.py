@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-import servers
 import test_django  # noqa: F401 - configures Django settings once for the session
+from conftest import Replicated
 from django.http import HttpResponse
 from django.test import Client, override_settings
 from django.urls import path
@@ -38,29 +38,6 @@ from fintech_resilience.wsgi import IdempotencyMiddleware as WsgiIdempotencyMidd
 pytestmark = pytest.mark.slow
 
 SECRET = b"completion-faults-secret-0123"
-
-
-@dataclass
-class Replicated:
-    primary: servers.RedisServer
-    replica: servers.RedisServer
-
-
-@pytest.fixture
-def replicated() -> Iterator[Replicated]:
-    """A primary and a synced replica, owned by this test."""
-    if not servers.REAL_REDIS:
-        pytest.skip(servers.FAKEREDIS_FALLBACK)
-    primary = servers.RedisServer(["--repl-diskless-sync-delay", "0"])
-    replica = servers.RedisServer(["--replicaof", primary.host, str(primary.port)])
-    try:
-        servers._wait_until(
-            lambda: replica.info("replication").get("master_link_status") == "up", 15.0,
-            "the replica to sync")
-        yield Replicated(primary, replica)
-    finally:
-        replica.stop()
-        primary.stop()
 
 
 @dataclass(frozen=True)

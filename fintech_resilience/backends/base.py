@@ -97,6 +97,14 @@ class Backend(abc.ABC):
         replicas offers it (:attr:`replicated`)."""
         raise ConfigurationError(f"{type(self).__name__} has no replicas to wait for")
 
+    def run_durably(self, script: str, keys: Sequence[str], args: Sequence[Arg],
+                    timeout: float) -> tuple[Any, int, int]:
+        """Run ``script``, then wait until every replica the store has acknowledged its writes,
+        at most ``timeout`` seconds: ``(reply, replicas that acknowledged, replicas)`` - for
+        rare writes that must outlive a failover (an operator's override). A store without
+        replicas just runs it: ``(reply, 0, 0)``."""
+        return self.run(script, keys, args), 0, 0
+
     def warn_if_evicting(self, what: str) -> bool:
         """Log a warning (and return True) when the store may evict keys that hold ``what``;
         a store that never evicts them answers False (the default)."""

@@ -8,6 +8,7 @@ Mixed into :class:`~fintech_resilience.CircuitBreaker`, whose state it reads and
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -16,6 +17,7 @@ from ..audit import log as _audit
 from ..backends.base import Backend, BackendGuard, Fallback
 from ..backends.memory import MemoryBackend
 from ..backends.memory_ops.breaker import seed
+from ..core import telemetry
 from .state import BreakerState, Settings, View
 
 if TYPE_CHECKING:
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["OperatorControls"]
 
 _CONTROL: Final = {"read": 0, "reset": 1, "force_open": 2, "disable": 3, "metrics_only": 4}
+#: Seconds an operator command waits for the replicas to acknowledge it (Redis ``WAIT``).
+OVERRIDE_WAIT: Final = 1.0
 
 
 class OperatorControls:
@@ -65,15 +69,14 @@ class OperatorControls:
         """Read the shared state (one round trip) and adopt it; returns the new view."""
         seq = self._seq
         return self._control_result(
-            self._guard.run("breaker_control", self._keys, (self._now_us(), 0,
-                                                            self.settings.ttl_ms)), seq)
+            self._guard.run("breaker_control", self._keys, self._control_args("read")), seq)
 
     async def arefresh(self) -> View:
         """Async twin of :meth:`refresh`."""
         seq = self._seq
         return self._control_result(
-            await self._guard.arun("breaker_control", self._keys, (self._now_us(), 0,
-                                                                   self.settings.ttl_ms)), seq)
+            await self._guard.arun("breaker_control", self._keys, self._control_args("read")),
+            seq)
 
     @property
     def state(self) -> BreakerState:
@@ -89,26 +92,49 @@ class OperatorControls:
 
     def _command(self, op: str, actor: str | None) -> BreakerState:
         seq = self._seq
-        reply = self.backend.run("breaker_control", self._keys,
-                                 (self._now_us(), _CONTROL[op], self.settings.ttl_ms))
-        state = self._apply(reply, seq, self._mono()).state
+        reply, acked, replicas = self.backend.run_durably(
+            "breaker_control", self._keys, self._control_args(op), OVERRIDE_WAIT)
+        state, details = self._commanded(op, reply, seq, acked, replicas)
         log = self._audit_log()
         if log is not None:
             log.record(_audit.EventType.OPERATOR_OVERRIDE, resource=f"breaker:{self.name}",
-                       principal=actor or "operator", details={"action": op, "state": state.name})
+                       principal=actor or "operator", details=details)
         return state
 
     async def _acommand(self, op: str, actor: str | None) -> BreakerState:
         seq = self._seq
-        reply = await self.backend.arun("breaker_control", self._keys,
-                                        (self._now_us(), _CONTROL[op], self.settings.ttl_ms))
-        state = self._apply(reply, seq, self._mono()).state
+        if self.backend.replicated:  # WAIT blocks its connection: a worker thread's, not a lane
+            reply, acked, replicas = await asyncio.to_thread(
+                self.backend.run_durably, "breaker_control", self._keys,
+                self._control_args(op), OVERRIDE_WAIT)
+        else:
+            reply, acked, replicas = (
+                await self.backend.arun("breaker_control", self._keys, self._control_args(op)),
+                0, 0)
+        state, details = self._commanded(op, reply, seq, acked, replicas)
         log = self._audit_log()
         if log is not None:
             await log.arecord(_audit.EventType.OPERATOR_OVERRIDE, resource=f"breaker:{self.name}",
-                              principal=actor or "operator",
-                              details={"action": op, "state": state.name})
+                              principal=actor or "operator", details=details)
         return state
+
+    def _control_args(self, op: str) -> tuple[int, int, int]:
+        return (self._now_us(), _CONTROL[op], self.settings.ttl_ms)
+
+    def _commanded(self, op: str, reply: Any, seq: int, acked: int,
+                   replicas: int) -> tuple[BreakerState, dict[str, Any]]:
+        """Adopt a command's reply; the audit record's details. A command some replica did not
+        acknowledge in time is set on the primary alone: a failover now would lose it."""
+        state = self._apply(reply, seq, self._mono()).state
+        details: dict[str, Any] = {"action": op, "state": state.name}
+        if replicas:
+            details.update(replicas=replicas, acknowledged=acked)
+        if acked < replicas:
+            telemetry.logger.warning(
+                "breaker %r: %s is set on the primary, but %d of its %d replicas acknowledged it"
+                " within %.1f s; a failover before they catch up would lose it", self.name, op,
+                acked, replicas, OVERRIDE_WAIT)
+        return state, details
 
     def force_open(self, *, actor: str | None = None) -> BreakerState:
         """Operator: reject every call in every process until :meth:`reset`.

@@ -336,6 +336,17 @@ class RedisBackend(Backend):
         """The script then ``WAIT replicas timeout`` in one pipeline: one round trip, on one
         connection (``WAIT`` counts the acknowledgements of that connection's writes), on the
         node that owns ``keys[0]``."""
+        reply, acked, _ = self._replicated(script_name, keys, args, replicas, timeout)
+        return reply, acked
+
+    def run_durably(self, script_name: str, keys: Sequence[str], args: Sequence[Arg],
+                    timeout: float) -> tuple[Any, int, int]:
+        """:meth:`run_replicated` for every replica the node owning ``keys[0]`` has now (asked
+        with ``ROLE`` first, on the same connection: one more round trip)."""
+        return self._replicated(script_name, keys, args, None, timeout)
+
+    def _replicated(self, script_name: str, keys: Sequence[str], args: Sequence[Arg],
+                    replicas: int | None, timeout: float) -> tuple[Any, int, int]:
         sha, source = script(script_name)
         health = self.health_for(keys[0])
         health.before_call()
@@ -347,10 +358,15 @@ class RedisBackend(Backend):
         try:
             conn = pool.get_connection()
             try:
+                conn.connect()  # a pooled connection may not be connected yet
+                if replicas is None:
+                    conn.send_packed_command(conn.pack_command("ROLE"))
+                    role = read_reply(conn)
+                    replicas = (len(role[2]) if isinstance(role, list)
+                                and role[0] in (b"master", "master") else 0)
                 # WAIT answers after its own timeout, which Redis ends on its next timer tick
                 # (up to 1/hz = 100 ms late by default): the replies may take that much longer
                 # than a command, and a slow replica is no failing primary
-                conn.connect()  # a pooled connection may not be connected yet
                 read_timeout(conn, self.settings.timeout + wait_ms / 1000 + _WAIT_SLACK)
                 for command in (("EVALSHA", sha), ("EVAL", source)):
                     conn.send_packed_command(conn.pack_commands(
@@ -371,7 +387,7 @@ class RedisBackend(Backend):
             health.failure()
             raise BackendUnavailable(f"Redis: {type(exc).__name__}: {exc}") from exc
         health.success()
-        return raw, int(acked)
+        return raw, int(acked), replicas
 
     def eviction_policies(self) -> list[str]:
         """``maxmemory-policy`` of the server (of every primary on a Cluster).
