@@ -103,14 +103,11 @@ class OperatorControls:
 
     async def _acommand(self, op: str, actor: str | None) -> BreakerState:
         seq = self._seq
-        if self.backend.replicated:  # WAIT blocks its connection: a worker thread's, not a lane
-            reply, acked, replicas = await asyncio.to_thread(
-                self.backend.run_durably, "breaker_control", self._keys,
-                self._control_args(op), OVERRIDE_WAIT)
-        else:
-            reply, acked, replicas = (
-                await self.backend.arun("breaker_control", self._keys, self._control_args(op)),
-                0, 0)
+        # WAIT blocks its connection for up to OVERRIDE_WAIT: a worker thread's, never a lane
+        # that carries this event loop's decisions (operator commands are rare)
+        reply, acked, replicas = await asyncio.to_thread(
+            self.backend.run_durably, "breaker_control", self._keys, self._control_args(op),
+            OVERRIDE_WAIT)
         state, details = self._commanded(op, reply, seq, acked, replicas)
         log = self._audit_log()
         if log is not None:

@@ -86,8 +86,8 @@ class RateLimitCore:
     See :class:`fintech_resilience.asgi.RateLimitMiddleware` for the meaning of each option.
     """
 
-    __slots__ = ("_exempt_prefixes", "_fields_allowed", "_in_process", "_simple", "audit",
-                 "exempt", "headers", "headers_on_allowed", "key", "rules", "shadow")
+    __slots__ = ("_exempt_prefixes", "_in_process", "_simple", "audit", "exempt", "headers",
+                 "headers_on_allowed", "key", "rules", "shadow")
 
     def __init__(self, limiter: RateLimiter | None = None, *, rules: Sequence[Rule] = (),
                  key: KeyFunc | None = None, cost: int | Callable[[Any], int] = 1,
@@ -127,7 +127,6 @@ class RateLimitCore:
         self._exempt_prefixes = tuple(p.rstrip("/") for p in exempt_paths)
         self.headers = bool(headers)
         self.headers_on_allowed = bool(headers_on_allowed)
-        self._fields_allowed = self.headers and self.headers_on_allowed
         self.shadow = bool(shadow)
         self._in_process = all(rule._sync for rule in self.rules)
         # the common case - one limiter for every request - skips matching and loops
@@ -257,7 +256,7 @@ class RateLimitCore:
         if len(decided) == 1 and not counted and not telemetry.active():
             only = decided[0][1]
             if only.allowed and not only.shadowed:  # one plain admission: the usual request
-                return Verdict(True, headers=_fields((only,)) if self._fields_allowed else (),
+                return Verdict(True, headers=self._allowed_fields([only], False),
                                decisions=[only])
         last = decided[-1][1]
         refused = last if not last.allowed else None
@@ -292,7 +291,7 @@ class RateLimitCore:
                         shadowed: bool) -> list[tuple[str, str]]:
         """The fields of a passed request: none when a shadowed refusal let it pass, or when
         switched off."""
-        if shadowed or not self._fields_allowed:
+        if shadowed or not (self.headers and self.headers_on_allowed):
             return []
         return _fields(decisions)
 
